@@ -1,0 +1,32 @@
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint unit bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml deploy/install.sh
+	bash deploy/install.sh $(VENV) dev
+	touch $(STAMP)
+
+## make run: sample image host on loopback + sample URL parquet + one fetcher run -> ./out
+run: install
+	$(PY) -m fetcher.farm demo --input sample/urls.parquet --output out
+
+## make test: lint (ruff + mypy) and the whole test suite
+test: install lint unit
+
+lint: install
+	$(VENV)/bin/ruff check fetcher storage tests
+	$(VENV)/bin/ruff format --check fetcher storage tests
+	$(VENV)/bin/mypy fetcher storage
+
+unit: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) -m bench
+
+clean:
+	rm -rf out sample bench/out .pytest_cache .mypy_cache

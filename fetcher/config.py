@@ -1,0 +1,148 @@
+"""The one configuration object: built from CLI flags, an optional TOML file and ``FETCHER_*`` env vars.
+
+Each stage declares its own options dataclass next to its code; this module only composes them and
+validates the whole once at start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tomllib
+from dataclasses import dataclass
+from typing import NoReturn
+
+from fetcher import __version__
+from fetcher.http import HttpOptions
+from fetcher.imaging import ImageOptions
+from fetcher.options import ConfigError, add_arguments, apply_defaults, build, env_values, opt
+from fetcher.reader import InputOptions
+from fetcher.scheduler import SchedulerOptions
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """Parse ``i/N`` (``$INDEX/N`` style values are resolved before this)."""
+    try:
+        i_text, n_text = text.split("/")
+        i, n = int(i_text), int(n_text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected i/N such as 3/16, got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"shard {text!r} out of range: need 0 <= i < N")
+    return i, n
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Where output goes and how the process runs."""
+
+    input: str = opt("--input", "", "parquet file, directory of *.parquet (sorted) or glob", aliases=("--url_list",))
+    output: str = opt("--output", "", "output directory", aliases=("--output_folder",))
+    shard: str = opt("--shard", "0/1", "take tars k with k %% N == i (i/N)", metavar="I/N")
+    samples_per_tar: int = opt(
+        "--samples-per-tar", 10000, "input rows per output tar", aliases=("--number_sample_per_shard",)
+    )
+    processes: int = opt(
+        "--processes", 0, "imaging worker processes (0 = one per core)", aliases=("--processes_count",)
+    )
+    max_bytes_in_flight: int = opt(
+        "--max-bytes-in-flight", 512 * 2**20, "downloaded bytes waiting for imaging before fetching pauses"
+    )
+
+    @property
+    def shard_pair(self) -> tuple[int, int]:
+        return parse_shard(self.shard)
+
+    def validate(self) -> None:
+        if not self.input:
+            raise ConfigError("--input is required")
+        if not self.output:
+            raise ConfigError("--output is required")
+        try:
+            parse_shard(self.shard)
+        except argparse.ArgumentTypeError as exc:
+            raise ConfigError(f"--shard: {exc}") from None
+        if self.samples_per_tar < 1:
+            raise ConfigError("--samples-per-tar must be >= 1")
+        if self.processes < 0:
+            raise ConfigError("--processes must be >= 0")
+        if self.max_bytes_in_flight < 1 << 20:
+            raise ConfigError("--max-bytes-in-flight must be at least 1 MiB")
+
+    @property
+    def worker_count(self) -> int:
+        return self.processes or (os.cpu_count() or 1)
+
+
+OPTION_CLASSES: list[type] = [RunOptions, InputOptions, HttpOptions, SchedulerOptions, ImageOptions]
+_TITLES = {
+    RunOptions: "run",
+    InputOptions: "input",
+    HttpOptions: "http",
+    SchedulerOptions: "scheduling",
+    ImageOptions: "imaging",
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a run needs, validated."""
+
+    run: RunOptions
+    input: InputOptions
+    http: HttpOptions
+    scheduler: SchedulerOptions
+    imaging: ImageOptions
+
+    def validate(self) -> None:
+        for part in (self.run, self.input, self.http, self.scheduler, self.imaging):
+            part.validate()
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, exit 2: users grep logs of many shards.
+        self.exit(2, f"fetcher: error: {message}\n")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The full ``python -m fetcher`` argument parser."""
+    parser = _Parser(
+        prog="python -m fetcher",
+        description="Download image URL lists into resized webdataset shards.",
+    )
+    parser.add_argument("--version", action="version", version=f"fetcher {__version__}")
+    parser.add_argument("--config", metavar="TOML", help="read option defaults from a TOML file")
+    for cls in OPTION_CLASSES:
+        add_arguments(parser, cls, _TITLES[cls])
+    return parser
+
+
+def load_config(argv: list[str] | None = None) -> Config:
+    """Build and validate the Config from argv, a TOML file and the environment.
+
+    Precedence: command line > environment > TOML file > built-in defaults.
+    Raises ConfigError (or SystemExit(2) from argparse) on bad input.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    parser = make_parser()
+    pre, _ = parser.parse_known_args(argv)
+    if pre.config:
+        try:
+            with open(pre.config, "rb") as fh:
+                table = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"--config {pre.config}: {exc}") from None
+        apply_defaults(parser, OPTION_CLASSES, table, pre.config)
+    apply_defaults(parser, OPTION_CLASSES, env_values(OPTION_CLASSES), "environment")
+    ns = parser.parse_args(argv)
+    cfg = Config(
+        run=build(RunOptions, ns),
+        input=build(InputOptions, ns),
+        http=build(HttpOptions, ns),
+        scheduler=build(SchedulerOptions, ns),
+        imaging=build(ImageOptions, ns),
+    )
+    cfg.validate()
+    return cfg

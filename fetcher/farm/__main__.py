@@ -1,0 +1,86 @@
+"""``python -m fetcher.farm demo|serve``: the bundled sample image host.
+
+``demo`` is what ``make run`` does: start the farm on loopback, write a sample URL parquet, run
+``python -m fetcher`` on it end to end (tars land in ./out) and print its summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fetcher.farm.server import Farm, FarmThread
+
+DEMO_ADDRESSES = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
+
+
+def sample_rows(farm: Farm, rows: int) -> pa.Table:
+    """A LAION-like URL table against ``farm``: mostly good images over several hosts, some faults."""
+    sizes = ["640x480", "1024x768", "800x1200", "1600x1200", "320x240", "2048x1536"]
+    faults = ["/status/404", "/notimage", "/truncated/medium.jpg", "/status/500"]
+    urls, captions = [], []
+    for i in range(rows):
+        host = i % len(farm.addresses)
+        if i % 25 == 24:
+            path = faults[(i // 25) % len(faults)]
+        elif i % 10 == 3:
+            path = "/img/" + ["alpha.png", "exif6.jpg", "cmyk.jpg", "photo.webp", "palette.png"][i % 5]
+        else:
+            path = f"/gen/{sizes[i % len(sizes)]}.jpg?seed={i}"
+        urls.append(farm.url(path, host))
+        captions.append(f"sample image {i}")
+    return pa.table({"url": urls, "caption": captions})
+
+
+def demo(args: argparse.Namespace) -> int:
+    os.makedirs(os.path.dirname(args.input) or ".", exist_ok=True)
+    with FarmThread(DEMO_ADDRESSES) as farm:
+        pq.write_table(sample_rows(farm, args.rows), args.input)
+        print(f"farm: serving on {', '.join(farm.base(i) for i in range(len(farm.addresses)))}", file=sys.stderr)
+        print(f"farm: wrote {args.rows} sample URLs to {args.input}", file=sys.stderr)
+        cmd = [
+            sys.executable, "-m", "fetcher",
+            "--input", args.input, "--output", args.output,
+            "--samples-per-tar", str(args.samples_per_tar),
+            "--allow-private-networks", *args.extra,
+        ]  # fmt: skip
+        print("running:", " ".join(cmd), file=sys.stderr)
+        return subprocess.call(cmd)
+
+
+def serve(args: argparse.Namespace) -> int:
+    with FarmThread(args.address, port=args.port) as farm:
+        print(f"farm: serving on {', '.join(farm.base(i) for i in range(len(farm.addresses)))}", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m fetcher.farm")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("demo", help="farm + sample parquet + one fetcher run")
+    d.add_argument("--input", default="sample/urls.parquet")
+    d.add_argument("--output", default="out")
+    d.add_argument("--rows", type=int, default=500)
+    d.add_argument("--samples-per-tar", type=int, default=200)
+    d.add_argument("extra", nargs="*", help="more fetcher flags (after --)")
+    s = sub.add_parser("serve", help="serve the farm until Ctrl-C")
+    s.add_argument("--address", action="append", default=None)
+    s.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args()
+    if args.cmd == "serve" and not args.address:
+        args.address = list(DEMO_ADDRESSES)
+    return demo(args) if args.cmd == "demo" else serve(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""HTTP fetching: one aiohttp session, hard deadlines, byte caps, address policy on every hop."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import ipaddress
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from fetcher import __version__
+from fetcher.netguard import NetPolicy, UrlRefused
+from fetcher.options import ConfigError, opt
+from fetcher.records import FetchOutcome, Reason, reason_for_http_status
+
+DEFAULT_USER_AGENT = f"fetcher/{__version__} (image dataset downloader; honours X-Robots-Tag noai)"
+REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+_ROBOTS_DENY = frozenset({"noai", "noimageai", "noindex", "noimageindex"})
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    """Options of the HTTP stage."""
+
+    timeout: float = opt("--timeout", 30.0, "hard deadline in seconds for one request, body included")
+    connect_timeout: float = opt("--connect-timeout", 10.0, "seconds to open a connection")
+    read_timeout: float = opt("--read-timeout", 15.0, "seconds without any byte from the server")
+    max_body_bytes: int = opt("--max-body-bytes", 64 * 2**20, "largest image body accepted, bytes")
+    max_redirects: int = opt("--max-redirects", 5, "redirect hops followed, each re-checked")
+    user_agent: str = opt("--user-agent", DEFAULT_USER_AGENT, "User-Agent header sent")
+    user_agent_token: str = opt(
+        "--user-agent-token", "", "contact token appended to the User-Agent", aliases=("--user_agent_token",)
+    )
+    allow_private_networks: bool = opt(
+        "--allow-private-networks", False, "allow loopback/private/link-local targets (tests, local hosts)"
+    )
+    respect_robots_tag: bool = opt(
+        "--respect-robots-tag", True, "skip images whose X-Robots-Tag says noai/noimageai/noindex/noimageindex"
+    )
+
+    def validate(self) -> None:
+        for name in ("timeout", "connect_timeout", "read_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be > 0")
+        if self.max_body_bytes < 1024:
+            raise ConfigError("--max-body-bytes must be at least 1024")
+        if self.max_redirects < 0:
+            raise ConfigError("--max-redirects must be >= 0")
+
+    @property
+    def full_user_agent(self) -> str:
+        return f"{self.user_agent} {self.user_agent_token}".strip()
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves names, then refuses the host when any answer is in a blocked range.
+
+    Every new connection (first request and each redirect hop to a new host) goes through here,
+    so DNS answers pointing at private space are caught without an extra lookup.
+    """
+
+    def __init__(self, policy: NetPolicy) -> None:
+        self._inner = aiohttp.ThreadedResolver()
+        self._policy = policy
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        answers = await self._inner.resolve(host, port, family)
+        for answer in answers:
+            self._policy.check_address(ipaddress.ip_address(answer["host"]), host)
+        return answers
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def robots_denied(header: str | None) -> bool:
+    """True when an X-Robots-Tag value forbids AI use or indexing of the image."""
+    if not header:
+        return False
+    for part in header.lower().replace(";", ",").split(","):
+        token = part.split(":")[-1].strip()  # "googlebot: noindex" style prefixes apply to everyone here
+        if token in _ROBOTS_DENY:
+            return True
+    return False
+
+
+class HttpClient:
+    """One ClientSession for the whole run. ``fetch`` never raises; it returns a FetchOutcome."""
+
+    def __init__(self, opts: HttpOptions) -> None:
+        self.opts = opts
+        self.policy = NetPolicy(allow_private=opts.allow_private_networks)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> HttpClient:
+        connector = aiohttp.TCPConnector(
+            limit=0,  # the scheduler gates concurrency; aiohttp's pool wait would eat our timeouts
+            ttl_dns_cache=300,
+            resolver=GuardedResolver(self.policy),
+            enable_cleanup_closed=True,
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.opts.connect_timeout, sock_read=self.opts.read_timeout
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            headers={"User-Agent": self.opts.full_user_agent, "Accept": "image/*,*/*;q=0.8"},
+            auto_decompress=True,
+            trust_env=False,
+        )
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def fetch(self, url: str) -> FetchOutcome:
+        """Download ``url`` within the hard deadline; classify every failure into a Reason."""
+        start = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.opts.timeout):
+                out = await self._fetch(url)
+        except TimeoutError:
+            out = FetchOutcome(reason=Reason.TIMEOUT, detail=f"no complete answer within {self.opts.timeout:g}s")
+        except UrlRefused as exc:
+            out = FetchOutcome(reason=exc.reason, detail=exc.detail)
+        except aiohttp.ClientConnectorDNSError as exc:
+            out = FetchOutcome(reason=Reason.DNS_ERROR, detail=_short(exc))
+        except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError, ssl.SSLError) as exc:
+            out = FetchOutcome(reason=Reason.TLS_ERROR, detail=_short(exc))
+        except aiohttp.ClientConnectorError as exc:
+            out = FetchOutcome(reason=Reason.CONNECT_ERROR, detail=_short(exc))
+        except aiohttp.ClientPayloadError as exc:
+            out = FetchOutcome(reason=Reason.TRUNCATED_BODY, detail=_short(exc))
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionError) as exc:
+            out = FetchOutcome(reason=Reason.CONNECTION_RESET, detail=_short(exc))
+        except (aiohttp.InvalidURL, ValueError) as exc:
+            out = FetchOutcome(reason=Reason.INVALID_URL, detail=_short(exc))
+        except aiohttp.ClientResponseError as exc:
+            out = FetchOutcome(reason=reason_for_http_status(exc.status), http_status=exc.status, detail=_short(exc))
+        except aiohttp.ClientError as exc:
+            out = FetchOutcome(reason=Reason.CONNECT_ERROR, detail=_short(exc))
+        out.fetch_ms = (time.perf_counter() - start) * 1000
+        return out
+
+    async def _fetch(self, url: str) -> FetchOutcome:
+        assert self._session is not None, "use HttpClient as an async context manager"
+        seen: set[str] = set()
+        current = url
+        for _hop in range(self.opts.max_redirects + 1):
+            self.policy.check_url(current)
+            seen.add(current)
+            async with self._session.get(current, allow_redirects=False) as resp:
+                if resp.status in REDIRECT_CODES and "Location" in resp.headers:
+                    nxt = urljoin(current, resp.headers["Location"])
+                    if nxt in seen:
+                        return FetchOutcome(
+                            reason=Reason.REDIRECT_LOOP, http_status=resp.status, detail=f"redirect loop at {nxt}"
+                        )
+                    current = nxt
+                    continue
+                return await self._read(resp, current)
+        return FetchOutcome(reason=Reason.TOO_MANY_REDIRECTS, detail=f"more than {self.opts.max_redirects} redirects")
+
+    async def _read(self, resp: aiohttp.ClientResponse, url: str) -> FetchOutcome:
+        if not 200 <= resp.status < 300:
+            return FetchOutcome(
+                reason=reason_for_http_status(resp.status),
+                http_status=resp.status,
+                detail=f"HTTP {resp.status} {resp.reason or ''}".strip(),
+                retry_after=parse_retry_after(resp.headers.get("Retry-After")),
+            )
+        if self.opts.respect_robots_tag and robots_denied(resp.headers.get("X-Robots-Tag")):
+            return FetchOutcome(
+                reason=Reason.ROBOTS_DISALLOWED,
+                http_status=resp.status,
+                detail=f"X-Robots-Tag: {resp.headers.get('X-Robots-Tag')}",
+            )
+        cap = self.opts.max_body_bytes
+        if resp.content_length is not None and resp.content_length > cap:
+            return FetchOutcome(
+                reason=Reason.BODY_TOO_LARGE,
+                http_status=resp.status,
+                detail=f"Content-Length {resp.content_length} > {cap}",
+            )
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(256 * 1024):
+            size += len(chunk)
+            if size > cap:
+                return FetchOutcome(
+                    reason=Reason.BODY_TOO_LARGE, http_status=resp.status, detail=f"body passed {cap} bytes"
+                )
+            chunks.append(chunk)
+        return FetchOutcome(body=b"".join(chunks), http_status=resp.status, final_url=url)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:300]

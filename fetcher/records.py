@@ -1,0 +1,168 @@
+"""Typed records passed between pipeline stages, and the fixed list of failure reasons."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    """Row outcome, as img2dataset names it (plus ``filtered``)."""
+
+    SUCCESS = "success"
+    FAILED_TO_DOWNLOAD = "failed_to_download"
+    FAILED_TO_RESIZE = "failed_to_resize"
+    FILTERED = "filtered"
+
+
+class Reason(StrEnum):
+    """Every failure a row can end with. Bounded on purpose: it is also a metric label."""
+
+    # input
+    MISSING_URL = "missing_url"
+    INVALID_URL = "invalid_url"
+    UNSUPPORTED_SCHEME = "unsupported_scheme"
+    FILTERED = "filtered"
+    # network policy
+    BLOCKED_ADDRESS = "blocked_address"
+    ROBOTS_DISALLOWED = "robots_disallowed"
+    # transport
+    DNS_ERROR = "dns_error"
+    CONNECT_ERROR = "connect_error"
+    CONNECTION_RESET = "connection_reset"
+    TIMEOUT = "timeout"
+    TLS_ERROR = "tls_error"
+    TOO_MANY_REDIRECTS = "too_many_redirects"
+    REDIRECT_LOOP = "redirect_loop"
+    BODY_TOO_LARGE = "body_too_large"
+    TRUNCATED_BODY = "truncated_body"
+    HOST_UNAVAILABLE = "host_unavailable"
+    # HTTP status
+    HTTP_403 = "http_403"
+    HTTP_404 = "http_404"
+    HTTP_410 = "http_410"
+    HTTP_429 = "http_429"
+    HTTP_4XX = "http_4xx"
+    HTTP_5XX = "http_5xx"
+    HTTP_OTHER = "http_other"
+    # image
+    NOT_AN_IMAGE = "not_an_image"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    DECODE_ERROR = "decode_error"
+    DECOMPRESSION_BOMB = "decompression_bomb"
+    IMAGE_TOO_SMALL = "image_too_small"
+    IMAGE_TOO_LARGE = "image_too_large"
+    ASPECT_RATIO = "aspect_ratio"
+    HASH_MISMATCH = "hash_mismatch"
+    ENCODE_ERROR = "encode_error"
+    # run
+    SHUTDOWN = "shutdown"
+    INTERNAL_ERROR = "internal_error"
+
+    @property
+    def status(self) -> Status:
+        """The img2dataset-style status column value for this reason."""
+        if self is Reason.FILTERED:
+            return Status.FILTERED
+        if self in _RESIZE_REASONS:
+            return Status.FAILED_TO_RESIZE
+        return Status.FAILED_TO_DOWNLOAD
+
+
+_RESIZE_REASONS = frozenset(
+    {
+        Reason.NOT_AN_IMAGE,
+        Reason.UNSUPPORTED_FORMAT,
+        Reason.DECODE_ERROR,
+        Reason.DECOMPRESSION_BOMB,
+        Reason.IMAGE_TOO_SMALL,
+        Reason.IMAGE_TOO_LARGE,
+        Reason.ASPECT_RATIO,
+        Reason.HASH_MISMATCH,
+        Reason.ENCODE_ERROR,
+    }
+)
+
+
+def reason_for_http_status(code: int) -> Reason:
+    """Map a non-2xx HTTP status to its named reason."""
+    named = {403: Reason.HTTP_403, 404: Reason.HTTP_404, 410: Reason.HTTP_410, 429: Reason.HTTP_429}
+    if code in named:
+        return named[code]
+    if 400 <= code < 500:
+        return Reason.HTTP_4XX
+    if 500 <= code < 600:
+        return Reason.HTTP_5XX
+    return Reason.HTTP_OTHER
+
+
+@dataclass(frozen=True, slots=True)
+class InputRow:
+    """One input row, placed in its tar: tar ``tar_index``, position ``row_in_tar``."""
+
+    tar_index: int
+    row_in_tar: int
+    key: str
+    url: Any
+    caption: str | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class FetchOutcome:
+    """What the HTTP stage produced for one attempt."""
+
+    body: bytes | None = None
+    reason: Reason | None = None
+    detail: str = ""
+    http_status: int | None = None
+    retry_after: float | None = None
+    fetch_ms: float = 0.0
+    final_url: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None and self.body is not None
+
+
+@dataclass(slots=True)
+class ImageOutcome:
+    """What the imaging stage produced. Plain data so it crosses process boundaries cheaply."""
+
+    data: bytes | None = None
+    ext: str = "jpg"
+    width: int | None = None
+    height: int | None = None
+    original_width: int | None = None
+    original_height: int | None = None
+    source_format: str | None = None
+    hash: str | None = None
+    reason: Reason | None = None
+    detail: str = ""
+    cpu_ms: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None and self.data is not None
+
+
+@dataclass(slots=True)
+class SampleResult:
+    """The final record of one input row: one line of the per-tar results parquet."""
+
+    row: InputRow
+    status: Status
+    reason: Reason | None = None
+    detail: str = ""
+    image: ImageOutcome | None = None
+    http_status: int | None = None
+    attempts: int = 0
+    bytes_downloaded: int = 0
+    bytes_written: int = 0
+    fetch_ms: float = 0.0
+
+    @classmethod
+    def failure(cls, row: InputRow, reason: Reason, detail: str = "", **kw: Any) -> SampleResult:
+        """A failed row with its named reason."""
+        return cls(row=row, status=reason.status, reason=reason, detail=detail, **kw)

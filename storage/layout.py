@@ -1,0 +1,34 @@
+"""Names of the files that make up one output tar, and the completion rule."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ShardFiles:
+    """Paths of tar ``index``: the tar, its results parquet, and the stats marker written last."""
+
+    root: str
+    index: int
+
+    @property
+    def stem(self) -> str:
+        return os.path.join(self.root, f"{self.index:05d}")
+
+    @property
+    def tar(self) -> str:
+        return self.stem + ".tar"
+
+    @property
+    def parquet(self) -> str:
+        return self.stem + ".parquet"
+
+    @property
+    def stats(self) -> str:
+        return self.stem + "_stats.json"
+
+    def is_complete(self) -> bool:
+        """A tar counts as done only when its stats marker exists (written after tar and parquet)."""
+        return os.path.exists(self.stats)

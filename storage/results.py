@@ -1,0 +1,104 @@
+"""The per-tar results table (one row per input row) and the per-sample JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fetcher.records import SampleResult
+from storage.atomic import atomic_file
+
+# Column order and types; img2dataset's columns first so its readers and scripts keep working.
+BASE_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("url", pa.string()),
+        ("caption", pa.string()),
+        ("status", pa.string()),
+        ("error_message", pa.string()),
+        ("error_detail", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("original_width", pa.int32()),
+        ("original_height", pa.int32()),
+        ("sha256", pa.string()),
+        ("source_format", pa.string()),
+        ("attempts", pa.int16()),
+        ("http_status", pa.int16()),
+        ("bytes_downloaded", pa.int64()),
+        ("bytes_written", pa.int64()),
+        ("fetch_ms", pa.float32()),
+        ("imaging_ms", pa.float32()),
+    ]
+)
+
+
+def result_record(res: SampleResult) -> dict[str, Any]:
+    """The flat record of one row, as stored in the results parquet (before saved columns)."""
+    img = res.image
+    url = res.row.url
+    return {
+        "key": res.row.key,
+        "url": url if isinstance(url, str) else (None if url is None else repr(url)),
+        "caption": res.row.caption,
+        "status": res.status.value,
+        "error_message": res.reason.value if res.reason else None,
+        "error_detail": res.detail or None,
+        "width": img.width if img and img.ok else None,
+        "height": img.height if img and img.ok else None,
+        "original_width": img.original_width if img else None,
+        "original_height": img.original_height if img else None,
+        "sha256": img.hash if img else None,
+        "source_format": img.source_format if img else None,
+        "attempts": res.attempts,
+        "http_status": res.http_status,
+        "bytes_downloaded": res.bytes_downloaded,
+        "bytes_written": res.bytes_written,
+        "fetch_ms": round(res.fetch_ms, 2),
+        "imaging_ms": round(img.cpu_ms, 2) if img else None,
+    }
+
+
+def sample_json(res: SampleResult) -> bytes:
+    """The ``{key}.json`` member: the record plus the saved input columns."""
+    rec = result_record(res)
+    rec.update(_jsonable(res.row.extra))
+    return json.dumps(rec, ensure_ascii=False, default=str).encode()
+
+
+def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        if isinstance(v, bytes):
+            v = v.decode("utf-8", "replace")
+        out[k] = v
+    return out
+
+
+def write_results(path: str, results: list[SampleResult], save_columns: list[str]) -> None:
+    """Write the results parquet atomically, rows sorted by key."""
+    results = sorted(results, key=lambda r: r.row.key)
+    records = [result_record(r) for r in results]
+    arrays = [pa.array([rec[f.name] for rec in records], type=f.type) for f in BASE_SCHEMA]
+    fields = list(BASE_SCHEMA)
+    for col in save_columns:
+        if col in BASE_SCHEMA.names:
+            continue
+        values = [r.row.extra.get(col) for r in results]
+        try:
+            arr = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            arr = pa.array([None if v is None else str(v) for v in values], type=pa.string())
+        arrays.append(arr)
+        fields.append(pa.field(col, arr.type))
+    table = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+    with atomic_file(path) as fh:
+        pq.write_table(table, fh, compression="zstd")
+
+
+def read_results(path: str) -> pa.Table:
+    """Read a results parquet back."""
+    return pq.read_table(path)

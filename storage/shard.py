@@ -1,0 +1,76 @@
+"""One output tar in progress: its samples, its results, and the ordered commit of its three files."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from typing import Any
+
+from fetcher.records import SampleResult, Status
+from storage.atomic import write_bytes
+from storage.layout import ShardFiles
+from storage.results import sample_json, write_results
+from storage.tarwriter import TarSink
+
+
+class ShardWriter:
+    """Collects the results of the ``expected`` rows of one tar and commits them atomically.
+
+    Commit order is tar, then parquet, then the stats marker, so a crash at any instant leaves
+    either a complete shard (marker present) or one that is redone from scratch.
+    """
+
+    def __init__(self, files: ShardFiles, expected: int, save_columns: list[str]) -> None:
+        self.files = files
+        self.expected = expected
+        self.save_columns = save_columns
+        self.results: list[SampleResult] = []
+        self.sink = TarSink(files.tar)
+        self.started = time.time()
+        self.reading_done = False
+
+    @property
+    def complete(self) -> bool:
+        """Every input row of this tar has a final result."""
+        return self.reading_done and len(self.results) == self.expected
+
+    def add(self, res: SampleResult) -> None:
+        """Record a final result; successful samples go into the tar right away."""
+        img = res.image
+        if res.status is Status.SUCCESS and img is not None and img.data is not None:
+            caption = (res.row.caption or "").encode("utf-8", "replace")
+            res.bytes_written = len(img.data)
+            self.sink.add_sample(res.row.key, {img.ext: img.data, "txt": caption, "json": sample_json(res)})
+            img.data = None  # the bytes live in the tar now; keep memory flat
+        self.results.append(res)
+
+    def stats(self) -> dict[str, Any]:
+        """The ``NNNNN_stats.json`` content."""
+        statuses = Counter(r.status.value for r in self.results)
+        reasons = Counter(r.reason.value for r in self.results if r.reason is not None)
+        return {
+            "tar": self.files.index,
+            "count": len(self.results),
+            "successes": statuses.get(Status.SUCCESS.value, 0),
+            "failed_to_download": statuses.get(Status.FAILED_TO_DOWNLOAD.value, 0),
+            "failed_to_resize": statuses.get(Status.FAILED_TO_RESIZE.value, 0),
+            "filtered": statuses.get(Status.FILTERED.value, 0),
+            "status_dict": dict(reasons),
+            "bytes_downloaded": sum(r.bytes_downloaded for r in self.results),
+            "bytes_written": self.sink.bytes_written,
+            "start_time": self.started,
+            "end_time": time.time(),
+        }
+
+    def finalize(self) -> dict[str, Any]:
+        """Commit tar, results parquet and stats marker, in that order (blocking: run in a thread)."""
+        self.sink.commit()
+        write_results(self.files.parquet, self.results, self.save_columns)
+        stats = self.stats()
+        write_bytes(self.files.stats, json.dumps(stats, indent=1).encode())
+        return stats
+
+    def abort(self) -> None:
+        """Drop everything written so far for this tar."""
+        self.sink.abort()

@@ -1,0 +1,49 @@
+"""Streaming webdataset tar writer: members are appended as samples finish, committed atomically."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import time
+
+from storage.atomic import TMP_SUFFIX, commit_tmp
+
+
+class TarSink:
+    """Writes ``{key}.{ext}`` members into ``path + '.tmp'``; ``commit`` makes it visible as ``path``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.tmp = path + TMP_SUFFIX
+        self._fh = open(self.tmp, "wb")  # noqa: SIM115 - owned by this object
+        self._tar = tarfile.open(fileobj=self._fh, mode="w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
+        self._mtime = int(time.time())
+        self.bytes_written = 0
+        self.samples = 0
+
+    def add_sample(self, key: str, members: dict[str, bytes]) -> None:
+        """Append the members of one sample (extension -> bytes), grouped under one key."""
+        for ext, data in members.items():
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size = len(data)
+            info.mtime = self._mtime
+            info.mode = 0o644
+            self._tar.addfile(info, io.BytesIO(data))
+            self.bytes_written += len(data)
+        self.samples += 1
+
+    def commit(self) -> None:
+        """Finish the archive, fsync and rename it into place."""
+        self._tar.close()
+        self._fh.close()
+        commit_tmp(self.tmp, self.path)
+
+    def abort(self) -> None:
+        """Drop the partial archive."""
+        try:
+            self._tar.close()
+        finally:
+            self._fh.close()
+            if os.path.exists(self.tmp):
+                os.unlink(self.tmp)

@@ -173,7 +173,7 @@ class Scheduler:
 
     # -- internals -----------------------------------------------------------------------------
     def _backoff(self, attempt: int) -> float:
-        base = min(self.opts.backoff_max, self.opts.backoff_base * 2 ** (attempt - 1))
+        base = min(self.opts.backoff_max, self.opts.backoff_base * 2.0 ** (attempt - 1))
         return base * (0.5 + random.random() / 2)
 
     def _enqueue(self, job: Job) -> None:

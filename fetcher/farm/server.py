@@ -27,8 +27,13 @@ class Arrival:
 
 @dataclass
 class FarmState:
+    """What the farm remembers: request arrivals and generated images."""
+
     arrivals: list[Arrival] = field(default_factory=list)
     gen_cache: dict[tuple[Any, ...], bytes] = field(default_factory=dict)
+
+
+STATE: web.AppKey[FarmState] = web.AppKey("state", FarmState)
 
 
 def _image_response(data: bytes, name: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -50,7 +55,7 @@ async def img(request: web.Request) -> web.Response:
 
 async def gen(request: web.Request) -> web.Response:
     """/gen/{w}x{h}.{ext}?seed=&q=&progressive=1: generated images, cached by parameters."""
-    state: FarmState = request.app["state"]
+    state: FarmState = request.app[STATE]
     w, h, ext = int(request.match_info["w"]), int(request.match_info["h"]), request.match_info["ext"]
     if w * h > 40_000_000:
         raise web.HTTPBadRequest(text="too large")
@@ -164,14 +169,14 @@ async def robots_noai(request: web.Request) -> web.Response:
 
 @web.middleware
 async def record_arrival(request: web.Request, handler: Any) -> web.StreamResponse:
-    request.app["state"].arrivals.append(Arrival(time.monotonic(), request.host, request.path_qs))
+    request.app[STATE].arrivals.append(Arrival(time.monotonic(), request.host, request.path_qs))
     return await handler(request)  # type: ignore[no-any-return]
 
 
 def make_app(state: FarmState | None = None, extra_routes: Iterable[web.RouteDef] = ()) -> web.Application:
     """The farm application; ``extra_routes`` lets a test add behaviour without a new server."""
     app = web.Application(middlewares=[record_arrival])
-    app["state"] = state or FarmState()
+    app[STATE] = state or FarmState()
     app.add_routes(
         [
             web.get("/img/{name}", img),

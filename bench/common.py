@@ -1,0 +1,54 @@
+"""Shared bench helpers: result tables printed as text and saved as JSON under bench/out/."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OUT = Path(__file__).resolve().parent / "out"
+
+
+@dataclass
+class Table:
+    """One printed result table."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, *values: Any) -> None:
+        self.rows.append(list(values))
+
+    def format(self) -> str:
+        cells = [self.columns] + [[_fmt(v) for v in row] for row in self.rows]
+        widths = [max(len(r[i]) for r in cells) for i in range(len(self.columns))]
+        line = "  ".join("-" * w for w in widths)
+        out = [self.title, line]
+        out += ["  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths))) for r in cells[:1]]
+        out.append(line)
+        out += ["  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths))) for r in cells[1:]]
+        out += [f"  {n}" for n in self.notes]
+        return "\n".join(out)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"title": self.title, "columns": self.columns, "rows": self.rows, "notes": self.notes}
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
+    return str(v)
+
+
+def save(name: str, tables: list[Table]) -> Path:
+    """Write ``bench/out/<name>.json`` with the given tables."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps([t.to_json() for t in tables], indent=1, default=str))
+    os.replace(tmp, path)
+    return path

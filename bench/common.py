@@ -28,9 +28,13 @@ class Table:
         widths = [max(len(r[i]) for r in cells) for i in range(len(self.columns))]
         line = "  ".join("-" * w for w in widths)
         out = [self.title, line]
-        out += ["  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths))) for r in cells[:1]]
+        out += [
+            "  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths))) for r in cells[:1]
+        ]
         out.append(line)
-        out += ["  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths))) for r in cells[1:]]
+        out += [
+            "  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths))) for r in cells[1:]
+        ]
         out += [f"  {n}" for n in self.notes]
         return "\n".join(out)
 

@@ -56,6 +56,16 @@ class SchedulerOptions:
             raise ConfigError("--read-ahead must be >= 1")
 
 
+@dataclass
+class SchedulerCounters:
+    """Event counts the metrics module exports (no per-host labels, by design)."""
+
+    retries: int = 0
+    throttled: int = 0  # 429/503 answers
+    breaker_openings: int = 0
+    delayed_hosts: int = 0  # gauge: slots currently waiting out a delay
+
+
 @dataclass(eq=False)
 class Job:
     """One row on its way through the fetch stage."""
@@ -100,7 +110,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
-        self.retries_total = 0
+        self.counters = SchedulerCounters()
 
     # -- producer side -------------------------------------------------------------------------
     async def put(self, job: Job) -> None:
@@ -163,7 +173,7 @@ class Scheduler:
             job.not_before = self.clock() + delay
             heapq.heappush(self._delayed, (job.not_before, next(self._seq), job))
             self._pending += 1
-            self.retries_total += 1
+            self.counters.retries += 1
             final = False
         self._maybe_ready(slot, self.clock())
         if slot.inflight == 0 and not slot.queue and not slot.in_heap:

@@ -10,19 +10,33 @@ import argparse
 import os
 import sys
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NoReturn
 
 from fetcher import __version__
 from fetcher.http import HttpOptions
 from fetcher.imaging import ImageOptions
+from fetcher.metrics import MonitorOptions
 from fetcher.options import ConfigError, add_arguments, apply_defaults, build, env_values, opt
 from fetcher.reader import InputOptions
 from fetcher.scheduler import SchedulerOptions
 
 
+def resolve_shard(text: str, index_env: str, environ: Mapping[str, str] | None = None) -> str:
+    """Replace a ``$NAME`` shard index by that environment variable (``$INDEX``: the --shard-index-env one)."""
+    if not text.startswith("$"):
+        return text
+    name, sep, count = text[1:].partition("/")
+    var = index_env if name == "INDEX" else name
+    value = (os.environ if environ is None else environ).get(var)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r} needs the environment variable {var}, which is not set")
+    return f"{value.strip()}{sep}{count}"
+
+
 def parse_shard(text: str) -> tuple[int, int]:
-    """Parse ``i/N`` (``$INDEX/N`` style values are resolved before this)."""
+    """Parse ``i/N`` (``$INDEX/N`` style values are resolved before this, by resolve_shard)."""
     try:
         i_text, n_text = text.split("/")
         i, n = int(i_text), int(n_text)
@@ -39,7 +53,12 @@ class RunOptions:
 
     input: str = opt("--input", "", "parquet file, directory of *.parquet (sorted) or glob", aliases=("--url_list",))
     output: str = opt("--output", "", "output directory", aliases=("--output_folder",))
-    shard: str = opt("--shard", "0/1", "take tars k with k %% N == i (i/N)", metavar="I/N")
+    shard: str = opt(
+        "--shard", "0/1", "take tars k with k %% N == i (i/N; $INDEX/N reads i from --shard-index-env)", metavar="I/N"
+    )
+    shard_index_env: str = opt(
+        "--shard-index-env", "JOB_COMPLETION_INDEX", "environment variable that --shard $INDEX/N reads", metavar="VAR"
+    )
     samples_per_tar: int = opt(
         "--samples-per-tar", 10000, "input rows per output tar", aliases=("--number_sample_per_shard",)
     )
@@ -52,7 +71,7 @@ class RunOptions:
 
     @property
     def shard_pair(self) -> tuple[int, int]:
-        return parse_shard(self.shard)
+        return parse_shard(resolve_shard(self.shard, self.shard_index_env))
 
     def validate(self) -> None:
         if not self.input:
@@ -60,7 +79,7 @@ class RunOptions:
         if not self.output:
             raise ConfigError("--output is required")
         try:
-            parse_shard(self.shard)
+            self.shard_pair  # noqa: B018 (validates)
         except argparse.ArgumentTypeError as exc:
             raise ConfigError(f"--shard: {exc}") from None
         if self.samples_per_tar < 1:
@@ -75,13 +94,14 @@ class RunOptions:
         return self.processes or (os.cpu_count() or 1)
 
 
-OPTION_CLASSES: list[type] = [RunOptions, InputOptions, HttpOptions, SchedulerOptions, ImageOptions]
+OPTION_CLASSES: list[type] = [RunOptions, InputOptions, HttpOptions, SchedulerOptions, ImageOptions, MonitorOptions]
 _TITLES = {
     RunOptions: "run",
     InputOptions: "input",
     HttpOptions: "http",
     SchedulerOptions: "scheduling",
     ImageOptions: "imaging",
+    MonitorOptions: "monitoring",
 }
 
 
@@ -94,9 +114,10 @@ class Config:
     http: HttpOptions
     scheduler: SchedulerOptions
     imaging: ImageOptions
+    monitor: MonitorOptions
 
     def validate(self) -> None:
-        for part in (self.run, self.input, self.http, self.scheduler, self.imaging):
+        for part in (self.run, self.input, self.http, self.scheduler, self.imaging, self.monitor):
             part.validate()
 
 
@@ -143,6 +164,7 @@ def load_config(argv: list[str] | None = None) -> Config:
         http=build(HttpOptions, ns),
         scheduler=build(SchedulerOptions, ns),
         imaging=build(ImageOptions, ns),
+        monitor=build(MonitorOptions, ns),
     )
     cfg.validate()
     return cfg

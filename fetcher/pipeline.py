@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from fetcher.config import Config
 from fetcher.http import HttpClient
+from fetcher.monitor import Monitor
 from fetcher.netguard import UrlRefused
 from fetcher.reader import InputFile, TarPlan, iter_rows, open_inputs, plan_tars
 from fetcher.records import FetchOutcome, Reason, SampleResult, Status
@@ -81,6 +82,7 @@ class Pipeline:
         )
         self.scheduler = Scheduler(self.cfg.scheduler)
         self.budget = ByteBudget(self.cfg.run.max_bytes_in_flight)
+        self.monitor = Monitor(self.cfg.monitor, self.stats, self.cfg.run.shard_pair, self.cfg.run.output)
         self.writers: dict[int, ShardWriter] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._finalizers: list[asyncio.Task[None]] = []
@@ -92,6 +94,7 @@ class Pipeline:
         async with (
             HttpClient(self.cfg.http) as self.http,
             ImagingPool(self.cfg.run.worker_count, self.cfg.imaging) as self.pool,
+            self.monitor.watching(self.scheduler, self.budget, self.pool),
         ):
             try:
                 producer = asyncio.create_task(self._produce())
@@ -116,12 +119,14 @@ class Pipeline:
                 writer = ShardWriter(ShardFiles(self.cfg.run.output, tar.index), tar.size, self.cfg.input.save_list)
                 self.writers[tar.index] = writer
                 for row in iter_rows(self.plan.files, tar, self.cfg.input, self.cfg.run.samples_per_tar):
+                    self.monitor.row_read()
                     try:
                         url = policy.check_url(row.url)
                     except UrlRefused as exc:
                         self._finish(SampleResult.failure(row, exc.reason, exc.detail))
                         continue
                     await self.scheduler.put(Job(row=row, url=url, host=host_key(url)))
+                    self.monitor.row_scheduled()
                 writer.reading_done = True
                 self._maybe_finalize(writer)
         finally:
@@ -136,6 +141,7 @@ class Pipeline:
 
     async def _handle(self, job: Job) -> None:
         outcome = await self.http.fetch(job.url)
+        self.monitor.fetched(outcome)
         if not self.scheduler.complete(job, outcome):
             return  # re-queued for a retry
         if not outcome.ok or outcome.body is None:
@@ -145,6 +151,7 @@ class Pipeline:
         self.budget.take(size)
         try:
             image = await self.pool.run(outcome.body)
+            self.monitor.imaged(image)
         finally:
             self.budget.give(size)
         common = dict(
@@ -175,7 +182,7 @@ class Pipeline:
     def _finish(self, res: SampleResult) -> None:
         writer = self.writers[res.row.tar_index]
         writer.add(res)
-        self.stats.record(res)
+        self.monitor.row_done(res)
         self._maybe_finalize(writer)
 
     def _maybe_finalize(self, writer: ShardWriter) -> None:
@@ -186,7 +193,7 @@ class Pipeline:
 
     async def _finalize(self, writer: ShardWriter) -> None:
         await asyncio.to_thread(writer.finalize)
-        self.stats.tars_done += 1
+        self.monitor.tar_done()
 
 
 def run(cfg: Config) -> RunStats:

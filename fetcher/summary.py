@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from fetcher.records import SampleResult, Status
 
@@ -46,9 +47,45 @@ class RunStats:
     def images_per_second(self) -> float:
         return self.ok / self.elapsed
 
+    @property
+    def failed(self) -> int:
+        return self.rows_done - self.ok
+
+    @property
+    def success_ratio(self) -> float:
+        return self.ok / self.rows_done if self.rows_done else 0.0
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Seconds left at the average row rate so far (None before the first row)."""
+        if not self.rows_done:
+            return None
+        return (self.total_rows - self.rows_done) * self.elapsed / self.rows_done
+
+    def as_dict(self) -> dict[str, Any]:
+        """The counts and rates as plain JSON-ready values (progress log lines, final JSON summary)."""
+        eta = self.eta_seconds
+        return {
+            "rows_done": self.rows_done,
+            "rows_total": self.total_rows,
+            "ok": self.ok,
+            "failed": self.failed,
+            "success_ratio": round(self.success_ratio, 4),
+            "images_per_second": round(self.images_per_second, 2),
+            "rows_per_second": round(self.rows_done / self.elapsed, 2),
+            "downloaded_mb_per_second": round(self.bytes_downloaded / self.elapsed / 1e6, 3),
+            "bytes_downloaded": self.bytes_downloaded,
+            "bytes_written": self.bytes_written,
+            "tars_done": self.tars_done,
+            "tars_total": self.tars_total,
+            "elapsed_seconds": round(self.elapsed, 2),
+            "eta_seconds": None if eta is None else round(eta, 1),
+            "failed_by_reason": dict(self.by_reason.most_common()),
+        }
+
     def format(self) -> str:
         """A human summary table."""
-        failed = self.rows_done - self.ok
+        failed = self.failed
         lines = [
             "fetcher summary",
             f"  tars        {self.tars_done} written, {self.tars_skipped} already complete, {self.tars_total} in shard",
@@ -57,11 +94,12 @@ class RunStats:
             f"  failed      {failed}",
         ]
         for reason, n in self.by_reason.most_common():
-            lines.append(f"    {reason:<22}{n}")
+            lines.append(f"    {reason:<22}{n:<8}{100 * n / max(self.rows_done, 1):.1f} %")
         mb_in, mb_out = self.bytes_downloaded / 1e6, self.bytes_written / 1e6
         lines += [
-            f"  time        {self.elapsed:.1f} s, {self.images_per_second:.1f} images/s",
+            f"  time        {self.elapsed:.1f} s, {self.images_per_second:.1f} images/s,"
+            f" {self.rows_done / self.elapsed:.1f} rows/s, {mb_in / self.elapsed:.2f} MB/s downloaded",
             f"  bytes       {mb_in:.1f} MB downloaded -> {mb_out:.1f} MB written"
-            + (f" ({mb_out / mb_in * 100:.0f} %)" if mb_in else ""),
+            + (f" ({mb_out / mb_in * 100:.0f} %, {mb_in - mb_out:.1f} MB saved by resizing)" if mb_in else ""),
         ]
         return "\n".join(lines)

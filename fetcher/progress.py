@@ -1,0 +1,91 @@
+"""The human view of a run: a progress bar on a TTY, periodic log lines otherwise, and the end summary."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import TextIO
+
+from fetcher.summary import RunStats
+
+BAR_WIDTH = 24
+BAR_REFRESH = 0.5  # seconds between redraws of the bar
+
+
+def format_duration(seconds: float | None) -> str:
+    """``1h02m``, ``3m05s``, ``42s``; ``?`` when unknown."""
+    if seconds is None:
+        return "?"
+    s = round(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
+def progress_bar(stats: RunStats, width: int = BAR_WIDTH) -> str:
+    """One line: rows done/total, images/s, success %, MB/s, ETA."""
+    total = max(stats.total_rows, 1)
+    frac = min(stats.rows_done / total, 1.0)
+    filled = int(frac * width)
+    bar = "#" * filled + "-" * (width - filled)
+    return (
+        f"[{bar}] {stats.rows_done}/{stats.total_rows} rows {100 * frac:5.1f} %"
+        f" | {stats.images_per_second:6.1f} img/s | ok {100 * stats.success_ratio:5.1f} %"
+        f" | {stats.bytes_downloaded / stats.elapsed / 1e6:6.2f} MB/s | ETA {format_duration(stats.eta_seconds)}"
+    )
+
+
+def log_line(stats: RunStats, fmt: str, shard: str) -> str:
+    """One structured progress line: ``key=value`` text, or a JSON object."""
+    data = {"event": "progress", "shard": shard, **stats.as_dict()}
+    if fmt == "json":
+        data["time"] = round(time.time(), 3)
+        return json.dumps(data, separators=(",", ":"))
+    del data["failed_by_reason"]
+    parts = [f"{k}={v}" for k, v in data.items() if k != "event"]
+    top = stats.by_reason.most_common(3)
+    if top:
+        parts.append("top_failures=" + ",".join(f"{r}:{n}" for r, n in top))
+    return "fetcher progress " + " ".join(parts)
+
+
+class ProgressView:
+    """Draws the bar (TTY) or writes log lines (not a TTY) from a RunStats, on demand."""
+
+    def __init__(
+        self, stats: RunStats, mode: str, log_format: str, log_interval: float, shard: str, stream: TextIO | None = None
+    ) -> None:
+        self.stats = stats
+        self.stream = stream if stream is not None else sys.stderr
+        if mode == "auto":
+            mode = "bar" if self.stream.isatty() else "log"
+        self.mode = mode
+        self.log_format = log_format
+        self.shard = shard
+        self.interval = BAR_REFRESH if mode == "bar" else log_interval
+        self._drawn = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+    def tick(self) -> None:
+        """Redraw the bar or write one log line."""
+        if self.mode == "bar":
+            self.stream.write("\r" + progress_bar(self.stats) + "\x1b[K")
+            self._drawn = True
+        elif self.mode == "log":
+            self.stream.write(log_line(self.stats, self.log_format, self.shard) + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        """Final state: the bar at its end value on its own line; in JSON mode the summary as one object."""
+        if self.mode == "bar" and self._drawn:
+            self.tick()
+            self.stream.write("\n")
+        if self.log_format == "json" and self.mode != "off":
+            self.stream.write(json.dumps({"event": "summary", "shard": self.shard, **self.stats.as_dict()}) + "\n")
+        self.stream.flush()

@@ -3,7 +3,7 @@
 # Installs the Debian -dev packages Pillow-SIMD needs when they are missing (needs root or sudo).
 set -euo pipefail
 VENV=${1:-.venv}
-EXTRAS=${2:-dev}
+EXTRAS=${2-dev}  # "" = runtime only (deploy/Dockerfile)
 PY=${PYTHON:-python3}
 
 debs=(libjpeg62-turbo-dev zlib1g-dev libpng-dev libwebp-dev libtiff-dev libfreetype-dev liblcms2-dev)
@@ -26,7 +26,7 @@ fi
   echo "install: error: Pillow-SIMD failed to build; install a C compiler, python3-dev and: apt-get install ${debs[*]}" >&2
   exit 1
 }
-"$VENV/bin/python" -m pip install -q -e ".[$EXTRAS]"
+"$VENV/bin/python" -m pip install -q -e ".${EXTRAS:+[$EXTRAS]}"
 # Some packages pull stock Pillow, which would overwrite PIL/ silently: remove it and rebuild SIMD.
 if "$VENV/bin/python" -m pip show -q pillow >/dev/null 2>&1; then
   echo "install: removing stock Pillow pulled in by a dependency"

@@ -15,7 +15,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -30,6 +38,8 @@ IMAGING_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 HTTP_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "none")
 REASON_LABELS: tuple[str, ...] = tuple(r.value for r in Reason)
 STATUS_LABELS: tuple[str, ...] = tuple(s.value for s in Status)
+# *_created series double the exposition and no dashboard or alert here reads them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 PROGRESS_MODES = ("auto", "bar", "log", "off")
 
 

@@ -237,7 +237,7 @@ def test_healthz_turns_unhealthy_when_nothing_progresses(farm: Farm, tmp_path: P
         assert status == 200, body
         wait_for(lambda: f.get("/healthz")[0] == 503, 10, "/healthz to report the stall")
         doc = json.loads(f.get("/healthz")[1])
-        assert doc["status"] == "stalled" and doc["seconds_since_progress"] > 1.5 and doc["rows_done"] == 0
+        assert doc["status"] == "stalled" and doc["seconds_since_progress"] >= 1.5 and doc["rows_done"] == 0
         assert f.get("/readyz")[0] == 200  # stalled is not unready: restarting is the liveness probe's call
         assert total(samples(f.metrics()), "fetcher_inflight_requests") == 4
 

@@ -112,7 +112,18 @@ class Monitor:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            # Metrics are for watching, not for the data: a busy port (a second run on the box) must
+            # not cost a days-long download. Say so on one line and go on without the endpoint.
+            print(
+                f"fetcher: warning: no metrics endpoint, cannot listen on {host}:{port}: {exc.strerror}",
+                file=sys.stderr,
+            )
+            await self._runner.cleanup()
+            self._runner = None
+            return
         bound = self._runner.addresses[0]
         self.bound = (str(bound[0]), int(bound[1]))
         print(f"fetcher: metrics on http://{host}:{self.bound[1]}/metrics", file=sys.stderr, flush=True)

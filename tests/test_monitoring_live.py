@@ -9,6 +9,7 @@ import json
 import os
 import pty
 import select
+import socket
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ import yaml
 
 from fetcher.farm import Farm
 from fetcher.records import Reason
-from tests.conftest import ROOT, results_table, write_urls
+from tests.conftest import ROOT, results_table, run_fetcher, write_urls
 from tests.monitoring import (
     DEPLOY,
     dashboard_queries,
@@ -278,3 +279,17 @@ def test_progress_bar_on_a_tty(farm: Farm, tmp_path: Path) -> None:
     assert "fetcher progress" not in text  # a TTY gets the bar, not log lines
     assert "fetcher summary" in text
     assert Reason.HTTP_404.value not in text
+
+
+def test_busy_metrics_port_warns_and_the_run_still_completes(farm: Farm, tmp_path: Path) -> None:
+    inp = write_urls(tmp_path / "urls.parquet", [farm.url("/img/small.jpg?b=1", 0), farm.url("/status/404", 1)])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run_fetcher(
+            "--input", str(inp), "--output", str(tmp_path / "out"), "--allow-private-networks",
+            "--processes", "1", "--metrics-address", f"127.0.0.1:{port}",
+        )  # fmt: skip
+    assert f"fetcher: warning: no metrics endpoint, cannot listen on 127.0.0.1:{port}" in proc.stderr
+    assert len(results_table(tmp_path / "out")) == 2

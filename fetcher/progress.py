@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import deque
+from dataclasses import dataclass
 from typing import TextIO
 
 from fetcher.summary import RunStats
 
 BAR_WIDTH = 24
 BAR_REFRESH = 0.5  # seconds between redraws of the bar
+RATE_WINDOW = 10.0  # seconds of history behind the bar's speeds and ETA
 
 
 def format_duration(seconds: float | None) -> str:
@@ -25,16 +28,50 @@ def format_duration(seconds: float | None) -> str:
     return f"{s}s"
 
 
-def progress_bar(stats: RunStats, width: int = BAR_WIDTH) -> str:
-    """One line: rows done/total, images/s, success %, MB/s, ETA."""
+@dataclass(frozen=True)
+class Rates:
+    """Recent speeds: images/s, rows/s, downloaded bytes/s."""
+
+    images: float
+    rows: float
+    bytes: float
+
+
+class RateWindow:
+    """Speeds over the last ``span`` seconds, so the bar shows now, not the average since a slow start."""
+
+    def __init__(self, span: float = RATE_WINDOW) -> None:
+        self.span = span
+        self._points: deque[tuple[float, int, int, int]] = deque()
+
+    def update(self, stats: RunStats, now: float | None = None) -> Rates:
+        now = time.monotonic() if now is None else now
+        self._points.append((now, stats.ok, stats.rows_done, stats.bytes_downloaded))
+        while len(self._points) > 2 and now - self._points[1][0] >= self.span:
+            self._points.popleft()
+        t0, ok0, rows0, bytes0 = self._points[0]
+        dt = now - t0
+        if dt < 1.0:  # too short a window to mean anything yet: averages since start
+            e = stats.elapsed
+            return Rates(stats.ok / e, stats.rows_done / e, stats.bytes_downloaded / e)
+        return Rates((stats.ok - ok0) / dt, (stats.rows_done - rows0) / dt, (stats.bytes_downloaded - bytes0) / dt)
+
+
+def progress_bar(stats: RunStats, rates: Rates | None = None, width: int = BAR_WIDTH) -> str:
+    """One line: rows done/total, images/s, success %, MB/s, ETA (at ``rates``, default: run averages)."""
+    if rates is None:
+        e = stats.elapsed
+        rates = Rates(stats.ok / e, stats.rows_done / e, stats.bytes_downloaded / e)
     total = max(stats.total_rows, 1)
     frac = min(stats.rows_done / total, 1.0)
     filled = int(frac * width)
     bar = "#" * filled + "-" * (width - filled)
+    left = stats.total_rows - stats.rows_done
+    eta = left / rates.rows if rates.rows > 0 else (0.0 if left <= 0 else None)
     return (
         f"[{bar}] {stats.rows_done}/{stats.total_rows} rows {100 * frac:5.1f} %"
-        f" | {stats.images_per_second:6.1f} img/s | ok {100 * stats.success_ratio:5.1f} %"
-        f" | {stats.bytes_downloaded / stats.elapsed / 1e6:6.2f} MB/s | ETA {format_duration(stats.eta_seconds)}"
+        f" | {rates.images:6.1f} img/s | ok {100 * stats.success_ratio:5.1f} %"
+        f" | {rates.bytes / 1e6:6.2f} MB/s | ETA {format_duration(eta)}"
     )
 
 
@@ -67,6 +104,7 @@ class ProgressView:
         self.shard = shard
         self.interval = BAR_REFRESH if mode == "bar" else log_interval
         self._drawn = False
+        self._window = RateWindow()
 
     @property
     def enabled(self) -> bool:
@@ -75,7 +113,7 @@ class ProgressView:
     def tick(self) -> None:
         """Redraw the bar or write one log line."""
         if self.mode == "bar":
-            self.stream.write("\r" + progress_bar(self.stats) + "\x1b[K")
+            self.stream.write("\r" + progress_bar(self.stats, self._window.update(self.stats)) + "\x1b[K")
             self._drawn = True
         elif self.mode == "log":
             self.stream.write(log_line(self.stats, self.log_format, self.shard) + "\n")

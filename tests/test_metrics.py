@@ -11,7 +11,7 @@ import pytest
 from fetcher.config import load_config
 from fetcher.metrics import HTTP_CLASSES, REASON_LABELS, Metrics, parse_address, reason_label, status_class
 from fetcher.options import ConfigError
-from fetcher.progress import ProgressView, format_duration, log_line, progress_bar
+from fetcher.progress import ProgressView, RateWindow, format_duration, log_line, progress_bar
 from fetcher.records import FetchOutcome, ImageOutcome, InputRow, Reason, SampleResult, Status
 from fetcher.summary import RunStats
 from tests.monitoring import samples, tool, total
@@ -150,3 +150,18 @@ def test_progress_view_picks_bar_on_tty_and_log_elsewhere() -> None:
     assert tty.getvalue().startswith("\r[") and tty.getvalue().endswith("\n")
     events = [json.loads(line)["event"] for line in plain.getvalue().splitlines()]
     assert events == ["progress", "summary"]
+
+
+def test_bar_speeds_follow_the_recent_window() -> None:
+    st = RunStats(total_rows=1000)
+    win = RateWindow(span=10)
+    win.update(st, now=0)
+    # A slow first minute, then 50 rows/s for the last 10 s: the bar must show 50/s and ETA 4 s.
+    for t, rows in ((50, 100), (60, 300), (70, 800)):
+        st.rows_done = st.ok = rows
+        st.bytes_downloaded = rows * 100_000
+        rates = win.update(st, now=t)
+    assert rates.rows == pytest.approx(50) and rates.images == pytest.approx(50)
+    assert rates.bytes == pytest.approx(5e6)
+    bar = progress_bar(st, rates)
+    assert "50.0 img/s" in bar and "5.00 MB/s" in bar and bar.endswith("ETA 4s")

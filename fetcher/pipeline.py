@@ -38,7 +38,7 @@ class RunPlan:
 
 def prepare(cfg: Config) -> RunPlan:
     """Open inputs, plan this shard's tars and find those already complete. Raises ConfigError."""
-    files = open_inputs(cfg.run.input, cfg.input)
+    files = open_inputs(cfg.run.input, cfg.input, cfg.imaging.verify_hash)
     total = sum(f.num_rows for f in files)
     tars = plan_tars(total, cfg.run.samples_per_tar, cfg.run.shard_pair)
     os.makedirs(cfg.run.output, exist_ok=True)
@@ -116,9 +116,17 @@ class Pipeline:
         policy = self.http.policy
         try:
             for tar in self.plan.todo:
-                writer = ShardWriter(ShardFiles(self.cfg.run.output, tar.index), tar.size, self.cfg.input.save_list)
+                writer = ShardWriter(
+                    ShardFiles(self.cfg.run.output, tar.index),
+                    tar.size,
+                    self.cfg.input.save_list,
+                    hash_column=self.cfg.imaging.hash_column,
+                )
                 self.writers[tar.index] = writer
-                for row in iter_rows(self.plan.files, tar, self.cfg.input, self.cfg.run.samples_per_tar):
+                rows = iter_rows(
+                    self.plan.files, tar, self.cfg.input, self.cfg.run.samples_per_tar, self.cfg.imaging.verify_hash
+                )
+                for row in rows:
                     self.monitor.row_read()
                     try:
                         url = policy.check_url(row.url)
@@ -150,7 +158,7 @@ class Pipeline:
         size = len(outcome.body)
         self.budget.take(size)
         try:
-            image = await self.pool.run(outcome.body)
+            image = await self.pool.run(outcome.body, job.row.expected_hash)
             self.monitor.imaged(image)
         finally:
             self.budget.give(size)

@@ -102,8 +102,11 @@ def discover(spec: str) -> list[str]:
     raise ConfigError(f"--input {spec}: no such file or directory")
 
 
-def open_inputs(spec: str, opts: InputOptions) -> list[InputFile]:
-    """Open every input file's metadata, check the needed columns exist, and lay out offsets."""
+def open_inputs(spec: str, opts: InputOptions, hash_col: str = "") -> list[InputFile]:
+    """Open every input file's metadata, check the needed columns exist, and lay out offsets.
+
+    ``hash_col`` is the ``--verify-hash`` column, read along with the others when given.
+    """
     files: list[InputFile] = []
     offset = 0
     for path in discover(spec):
@@ -112,13 +115,15 @@ def open_inputs(spec: str, opts: InputOptions) -> list[InputFile]:
         except (OSError, pa.ArrowException) as exc:
             raise ConfigError(f"--input {path}: not a readable parquet file ({exc})") from None
         names = set(pf.schema_arrow.names)
-        for col in opts.columns:
+        for col in _columns(opts, hash_col):
             if col not in names:
                 flag = (
                     "--url-col"
                     if col == opts.url_col
                     else "--caption-col"
                     if col == opts.caption_col
+                    else "--verify-hash"
+                    if col == hash_col and col not in opts.save_list
                     else "--save-columns"
                 )
                 raise ConfigError(f"{path}: column {col!r} ({flag}) not found; columns are {', '.join(sorted(names))}")
@@ -146,10 +151,18 @@ def make_key(tar_index: int, row_in_tar: int, width: int) -> str:
     return f"{tar_index:05d}{row_in_tar:0{width}d}"
 
 
-def iter_rows(files: list[InputFile], plan: TarPlan, opts: InputOptions, samples_per_tar: int) -> Iterator[InputRow]:
+def _columns(opts: InputOptions, hash_col: str) -> list[str]:
+    cols = opts.columns
+    return [*cols, hash_col] if hash_col and hash_col not in cols else cols
+
+
+def iter_rows(
+    files: list[InputFile], plan: TarPlan, opts: InputOptions, samples_per_tar: int, hash_col: str = ""
+) -> Iterator[InputRow]:
     """Stream the rows of one tar, reading only the row groups that overlap it."""
     width = key_width(samples_per_tar)
     save = opts.save_list
+    columns = _columns(opts, hash_col)
     for f in files:
         lo = max(plan.start, f.offset)
         hi = min(plan.stop, f.offset + f.num_rows)
@@ -167,13 +180,14 @@ def iter_rows(files: list[InputFile], plan: TarPlan, opts: InputOptions, samples
         assert first_row_of_groups is not None
         pf = pq.ParquetFile(f.path)
         global_pos = first_row_of_groups
-        for batch in pf.iter_batches(batch_size=opts.batch_rows, row_groups=groups, columns=opts.columns):
+        for batch in pf.iter_batches(batch_size=opts.batch_rows, row_groups=groups, columns=columns):
             n = batch.num_rows
             a, b = max(lo - global_pos, 0), min(hi - global_pos, n)
             if a < b:
-                cols = {name: batch.column(name).slice(a, b - a).to_pylist() for name in opts.columns}
+                cols = {name: batch.column(name).slice(a, b - a).to_pylist() for name in columns}
                 urls = cols[opts.url_col]
                 captions = cols[opts.caption_col] if opts.caption_col else [None] * (b - a)
+                hashes = cols[hash_col] if hash_col else [None] * (b - a)
                 for j in range(b - a):
                     g = global_pos + a + j
                     r = g - plan.start
@@ -184,11 +198,20 @@ def iter_rows(files: list[InputFile], plan: TarPlan, opts: InputOptions, samples
                         url=urls[j],
                         caption=_caption(captions[j]),
                         extra={c: cols[c][j] for c in save},
+                        expected_hash=_expected_hash(hashes[j]),
                     )
             global_pos += n
             if global_pos >= hi:
                 break
         pf.close()
+
+
+def _expected_hash(value: object) -> str | None:
+    # An empty cell means "nothing to verify", not a mismatch.
+    if value is None:
+        return None
+    text = value.hex() if isinstance(value, bytes) else str(value).strip()
+    return text or None
 
 
 def _caption(value: object) -> str | None:

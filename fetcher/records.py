@@ -107,6 +107,7 @@ class InputRow:
     url: Any
     caption: str | None
     extra: dict[str, Any] = field(default_factory=dict)
+    expected_hash: str | None = None  # from the --verify-hash column
 
 
 @dataclass(slots=True)

@@ -34,12 +34,12 @@ class ImagingPool:
     async def __aexit__(self, *exc: Any) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    async def run(self, data: bytes) -> ImageOutcome:
+    async def run(self, data: bytes, expected_hash: str | None = None) -> ImageOutcome:
         """Process one image in a worker; a crashed worker becomes a named failure, not a crash."""
         loop = asyncio.get_running_loop()
         self.busy += 1
         try:
-            return await loop.run_in_executor(self._pool, process_image, data, self.opts)
+            return await loop.run_in_executor(self._pool, process_image, data, self.opts, expected_hash)
         except BrokenProcessPool:
             # A worker died (OOM killer, segfault in a codec): replace the pool, fail this image only.
             self._pool.shutdown(wait=False, cancel_futures=False)

@@ -12,6 +12,8 @@ from fetcher.records import SampleResult
 from storage.atomic import atomic_file
 
 # Column order and types; img2dataset's columns first so its readers and scripts keep working.
+# The hash column is named after the --hash algorithm, as img2dataset does; HASH_FIELD is its place.
+HASH_FIELD = "sha256"
 BASE_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
@@ -36,8 +38,24 @@ BASE_SCHEMA = pa.schema(
 )
 
 
-def result_record(res: SampleResult) -> dict[str, Any]:
+def results_schema(hash_column: str | None = HASH_FIELD) -> pa.Schema:
+    """BASE_SCHEMA with the hash column renamed to ``hash_column`` (dropped when None)."""
+    i = BASE_SCHEMA.get_field_index(HASH_FIELD)
+    if hash_column is None:
+        return BASE_SCHEMA.remove(i)
+    return BASE_SCHEMA.set(i, pa.field(hash_column, pa.string()))
+
+
+def result_record(res: SampleResult, hash_column: str | None = HASH_FIELD) -> dict[str, Any]:
     """The flat record of one row, as stored in the results parquet (before saved columns)."""
+    rec = _record(res)
+    digest = rec.pop(HASH_FIELD)
+    if hash_column is not None:
+        rec[hash_column] = digest
+    return rec
+
+
+def _record(res: SampleResult) -> dict[str, Any]:
     img = res.image
     url = res.row.url
     return {
@@ -62,9 +80,9 @@ def result_record(res: SampleResult) -> dict[str, Any]:
     }
 
 
-def sample_json(res: SampleResult) -> bytes:
+def sample_json(res: SampleResult, hash_column: str | None = HASH_FIELD) -> bytes:
     """The ``{key}.json`` member: the record plus the saved input columns."""
-    rec = result_record(res)
+    rec = result_record(res, hash_column)
     rec.update(_jsonable(res.row.extra))
     return json.dumps(rec, ensure_ascii=False, default=str).encode()
 
@@ -78,14 +96,17 @@ def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def write_results(path: str, results: list[SampleResult], save_columns: list[str]) -> None:
+def write_results(
+    path: str, results: list[SampleResult], save_columns: list[str], hash_column: str | None = HASH_FIELD
+) -> None:
     """Write the results parquet atomically, rows sorted by key."""
     results = sorted(results, key=lambda r: r.row.key)
-    records = [result_record(r) for r in results]
-    arrays = [pa.array([rec[f.name] for rec in records], type=f.type) for f in BASE_SCHEMA]
-    fields = list(BASE_SCHEMA)
+    records = [result_record(r, hash_column) for r in results]
+    schema = results_schema(hash_column)
+    arrays = [pa.array([rec[f.name] for rec in records], type=f.type) for f in schema]
+    fields = list(schema)
     for col in save_columns:
-        if col in BASE_SCHEMA.names:
+        if col in schema.names:
             continue
         values = [r.row.extra.get(col) for r in results]
         try:

@@ -21,10 +21,13 @@ class ShardWriter:
     either a complete shard (marker present) or one that is redone from scratch.
     """
 
-    def __init__(self, files: ShardFiles, expected: int, save_columns: list[str]) -> None:
+    def __init__(
+        self, files: ShardFiles, expected: int, save_columns: list[str], hash_column: str | None = "sha256"
+    ) -> None:
         self.files = files
         self.expected = expected
         self.save_columns = save_columns
+        self.hash_column = hash_column
         self.results: list[SampleResult] = []
         self.sink = TarSink(files.tar)
         self.started = time.time()
@@ -41,7 +44,9 @@ class ShardWriter:
         if res.status is Status.SUCCESS and img is not None and img.data is not None:
             caption = (res.row.caption or "").encode("utf-8", "replace")
             res.bytes_written = len(img.data)
-            self.sink.add_sample(res.row.key, {img.ext: img.data, "txt": caption, "json": sample_json(res)})
+            self.sink.add_sample(
+                res.row.key, {img.ext: img.data, "txt": caption, "json": sample_json(res, self.hash_column)}
+            )
             img.data = None  # the bytes live in the tar now; keep memory flat
         self.results.append(res)
 
@@ -66,7 +71,7 @@ class ShardWriter:
     def finalize(self) -> dict[str, Any]:
         """Commit tar, results parquet and stats marker, in that order (blocking: run in a thread)."""
         self.sink.commit()
-        write_results(self.files.parquet, self.results, self.save_columns)
+        write_results(self.files.parquet, self.results, self.save_columns, self.hash_column)
         stats = self.stats()
         write_bytes(self.files.stats, json.dumps(stats, indent=1).encode())
         return stats

@@ -262,7 +262,7 @@ def process_image(data: bytes, opts: ImageOptions, expected_hash: str | None = N
 def _open(data: bytes, opts: ImageOptions) -> _Opened | ImageOutcome:
     allowed = opts.allowed
     try:
-        img = Image.open(io.BytesIO(data), formats=sorted(allowed | {"MPO"} if "JPEG" in allowed else allowed))
+        img = Image.open(io.BytesIO(data), formats=sorted(allowed))
     except Image.DecompressionBombError as exc:
         return ImageOutcome(reason=Reason.DECOMPRESSION_BOMB, detail=str(exc)[:200])
     except Exception as exc:
@@ -292,7 +292,8 @@ def _not_allowed(data: bytes, detail: str) -> ImageOutcome:
 def _process(data: bytes, opts: ImageOptions, expected_hash: str | None) -> ImageOutcome:
     digest = hash_bytes(data, opts.hash)
     if expected_hash is not None and digest is not None and expected_hash.strip().lower() != digest:
-        return ImageOutcome(reason=Reason.HASH_MISMATCH, detail=f"{opts.hash} {digest} != {expected_hash}"[:200])
+        detail = f"{opts.hash} {digest} != {expected_hash}"[:200]
+        return ImageOutcome(reason=Reason.HASH_MISMATCH, detail=detail, hash=digest)
     with warnings.catch_warnings():
         # Truncated/odd files warn through PIL; they are judged by whether they decode.
         warnings.simplefilter("ignore")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from functools import lru_cache
 
 from PIL import Image
@@ -18,6 +20,58 @@ def _base(w: int, h: int, seed: int) -> Image.Image:
     return Image.merge("RGB", (Image.blend(r, noise, 0.25), g, b))
 
 
+@lru_cache(maxsize=4)
+def _photo(w: int, h: int, seed: int) -> Image.Image:
+    # Noise at four scales, each upsampled smoothly: a roughly 1/f spectrum, so it compresses and
+    # down-samples like a real photo (the fine layer sets the JPEG size: ~7 MB for 20 MP at q90).
+    out: Image.Image | None = None
+    for i, div in enumerate((64, 16, 4, 1)):
+        sw, sh = max(2, w // div), max(2, h // div)
+        sigma = 60 - 12 * i + seed % 7
+        layer = Image.merge(
+            "RGB", [Image.effect_noise((sw, sh), sigma).resize((w, h), Image.Resampling.BICUBIC) for _ in range(3)]
+        )
+        out = layer if out is None else Image.blend(out, layer, (0.3, 0.3, 0.45)[i - 1])
+    assert out is not None
+    return out
+
+
+def _png16_rgb(img: Image.Image) -> bytes:
+    # Pillow cannot write 16-bit RGB PNGs, so build one by hand: each 8-bit sample v becomes v*257.
+    w, h = img.size
+    raw = img.tobytes()
+    rows = bytearray()
+    for y in range(h):
+        rows.append(0)  # filter type: none
+        line = raw[y * w * 3 : (y + 1) * w * 3]
+        rows += bytes(b for v in line for b in (v, v))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(rows))) + chunk(b"IEND", b"")
+    )
+
+
+def _ycck_jpeg(cmyk: Image.Image, quality: int) -> bytes:
+    # Pillow cannot write YCCK either. libjpeg turns YCCK into stored (inverted) CMYK as
+    # (255-R, 255-G, 255-B, K) from the YCC of (R, G, B); Pillow inverts again on read. So store
+    # the YCbCr of the ink (C, M, Y) plus 255-K through Pillow's CMYK writer (which inverts every
+    # channel), then flip the Adobe marker's transform byte from 0 (CMYK) to 2 (YCCK).
+    c, m, y, k = cmyk.split()
+    ycc = Image.merge("RGB", (c, m, y)).convert("YCbCr").split()
+    inv = [ch.point(lambda v: 255 - v) for ch in ycc]
+    buf = io.BytesIO()
+    Image.merge("CMYK", (*inv, k)).save(buf, "JPEG", quality=quality)
+    data = bytearray(buf.getvalue())
+    at = data.find(b"Adobe")
+    assert at > 0 and data[at + 11] == 0, "Pillow wrote no Adobe CMYK marker"
+    data[at + 11] = 2
+    return bytes(data)
+
+
 def make_image(
     width: int,
     height: int,
@@ -29,16 +83,31 @@ def make_image(
     progressive: bool = False,
     exif_orientation: int | None = None,
     frames: int = 1,
+    texture: str = "noise",
+    transparent_index: int | None = None,
 ) -> bytes:
-    """Encode a generated ``width`` x ``height`` image in ``fmt`` (jpeg, png, webp, gif, bmp, tiff)."""
-    img = _base(width, height, seed)
-    if mode == "RGBA":
+    """Encode a generated ``width`` x ``height`` image in ``fmt`` (jpeg, png, webp, gif, bmp, tiff).
+
+    ``mode`` is any Pillow mode plus ``I;16`` (16-bit grey PNG), ``RGB;16`` (16-bit RGB PNG) and
+    ``YCCK`` (4-channel Adobe JPEG); ``texture="photo"`` gives photo-like content for benchmarks;
+    ``transparent_index`` marks one palette entry transparent (mode ``P``).
+    """
+    img = _photo(width, height, seed) if texture == "photo" else _base(width, height, seed)
+    if mode == "RGB;16":
+        return _png16_rgb(img)
+    if mode == "YCCK":
+        return _ycck_jpeg(img.convert("CMYK"), quality)
+    if mode == "I;16":
+        img = img.convert("L").point(lambda v: v * 257, "I").convert("I;16")
+    elif mode == "RGBA":
         alpha = Image.linear_gradient("L").resize((width, height))
         img = img.copy()
         img.putalpha(alpha)
     elif mode != "RGB":
         img = img.convert(mode)
     buf = io.BytesIO()
+    if transparent_index is not None:
+        img.info["transparency"] = transparent_index
     fmt = fmt.lower()
     kwargs: dict[str, object] = {}
     if fmt == "jpeg":

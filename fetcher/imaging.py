@@ -5,15 +5,16 @@ Pure functions with no shared state, so they run unchanged in worker processes a
 The order of work is chosen so that no CPU is spent on an image that will be refused: hash check on
 the bytes, then format, bomb and size/aspect filters on the header alone, and only then pixels.
 The decode/resize path was chosen by measurement (``python -m bench imaging``, variants table):
-JPEGs are decoded DCT-scaled (``Image.draft``) at the smallest 1/2^k scale still >= the target,
-then resized with a single Lanczos pass; rotation for EXIF orientation is applied to the small
-result, not the large decode.
+JPEGs are decoded DCT-scaled (``Image.draft``) at the smallest 1/2^k scale that still leaves
+DRAFT_MARGIN x the target for the final single Lanczos pass; rotation for EXIF orientation is
+applied to the small result, not the large decode.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -41,6 +42,10 @@ _ORIENTATION = {
     8: Image.Transpose.ROTATE_90,
 }
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+# Pillow's own draft rule (margin 1) fell to 39.9 dB PSNR vs a float Lanczos of the full decode when
+# the DCT-scaled size landed within 1.38x of the target (3 MP -> 256); keeping >= 1.5x for Lanczos
+# gave >= 42 dB everywhere measured, and costs nothing for 20-MP sources (their margin is 1.78x).
+DRAFT_MARGIN = 1.5
 
 # Pillow's own bomb check warns at 89 MP and raises at 179 MP whatever --max-image-pixels says; our
 # header check below replaces it so the flag is the one limit (it still runs before any pixel).
@@ -373,8 +378,8 @@ def _render(op: _Opened, opts: ImageOptions) -> Image.Image:
     swapped = op.orientation in (5, 6, 7, 8)
     stored = (final[1], final[0]) if swapped else final  # size in the file's (unrotated) orientation
     if op.format == "JPEG" and (stored[0] < img.width or stored[1] < img.height):
-        # DCT-scaled decoding: Pillow decodes at the smallest 1/2^k scale still >= the target.
-        img.draft("RGB", stored)
+        # DCT-scaled decoding: Pillow decodes at the smallest 1/2^k scale still >= the size asked.
+        img.draft("RGB", (math.ceil(stored[0] * DRAFT_MARGIN), math.ceil(stored[1] * DRAFT_MARGIN)))
     if img.mode != "L":
         # Greyscale stays one channel through the resize (a third of the work); the rest go to RGB
         # first (palettes cannot be Lanczos-resized, alpha is composited before it is averaged).

@@ -31,7 +31,7 @@ from PIL import Image
 from bench.common import Table
 from bench.stockenv import stock_python
 from fetcher.farm.images import make_image
-from fetcher.imaging import DRAFT_MARGIN, ImageOptions, hash_bytes, render, target_size
+from fetcher.imaging import DRAFT_MARGIN, REDUCING_GAP, ImageOptions, hash_bytes, render, target_size
 
 ROOT = Path(__file__).resolve().parent.parent
 MEGAPIXELS = (0.25, 1, 3, 12, 20)
@@ -145,12 +145,12 @@ def _variant_fns(data: bytes, size: tuple[int, int]) -> dict[str, Callable[[], I
         return lambda: Image.open(io.BytesIO(data)).resize(size, Image.Resampling.LANCZOS, reducing_gap=gap)
 
     fns = {
-        "draft >= 1.5x target, Lanczos (fetcher)": drafted(DRAFT_MARGIN, None),
-        "draft >= 1.5x target, reducing_gap=2": drafted(DRAFT_MARGIN, 2.0),
+        "draft >= 1.5x target, reducing_gap=2 (fetcher)": drafted(DRAFT_MARGIN, REDUCING_GAP),
+        "draft >= 1.5x target, Lanczos": drafted(DRAFT_MARGIN, None),
         "draft >= target (Pillow's rule), Lanczos": drafted(1, None),
         "draft >= 2x target, Lanczos": drafted(2, None),
         "full decode, Lanczos": full(None),
-        "full decode, reducing_gap=2": full(2.0),
+        "full decode, reducing_gap=2 (fetcher, non-JPEG)": full(REDUCING_GAP),
         "full decode, reducing_gap=3": full(3.0),
     }
     try:

@@ -116,8 +116,10 @@ def test_center_crop_takes_the_middle() -> None:
     assert img.getpixel((10, 50)) == (0, 0, 0) and img.getpixel((90, 50)) == (255, 255, 255)
 
 
-def test_draft_decode_quality_close_to_full_float_lanczos() -> None:
-    data = make_image(2400, 1600, "jpeg", texture="photo", quality=90)
+@pytest.mark.parametrize(("fmt", "src"), [("jpeg", (2400, 1600)), ("jpeg", (1200, 800)), ("png", (1800, 1200))])
+def test_fast_path_quality_close_to_full_float_lanczos(fmt: str, src: tuple[int, int]) -> None:
+    # jpeg: DCT-scaled decode + Lanczos; png: box reduce (reducing_gap) + Lanczos
+    data = make_image(*src, fmt, texture="photo", quality=90)
     opts = ImageOptions(image_size=256)
     got = np.asarray(render(data, opts), np.float64)
     full = Image.open(io.BytesIO(data))

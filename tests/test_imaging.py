@@ -231,6 +231,17 @@ def test_exif_orientation_applied_and_dropped(orientation: int) -> None:
     assert mean_diff(img, expected.resize(img.size, Image.Resampling.LANCZOS)) < 3
 
 
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_orientation_with_dct_scaled_decode(orientation: int) -> None:
+    # Large enough that draft() decodes at 1/8: the draft size must be asked in stored orientation.
+    data = make_image(1600, 1200, "jpeg", exif_orientation=orientation, quality=95)
+    img = decoded(run(data, image_size=100, encode_format="png"))
+    expected = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    assert expected is not None
+    assert img.size == ((100, 133) if orientation >= 5 else (133, 100))
+    assert mean_diff(img, expected.resize(img.size, Image.Resampling.LANCZOS)) < 3
+
+
 @pytest.mark.parametrize("mode", ["CMYK", "YCCK"])
 def test_cmyk_and_ycck_jpeg(mode: str) -> None:
     data = make_image(200, 100, "jpeg", mode=mode, quality=95)

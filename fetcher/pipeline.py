@@ -18,7 +18,7 @@ from fetcher.monitor import Monitor
 from fetcher.netguard import UrlRefused
 from fetcher.reader import InputFile, TarPlan, iter_rows, open_inputs, plan_tars
 from fetcher.records import FetchOutcome, Reason, SampleResult, Status
-from fetcher.scheduler import Job, Scheduler, host_key
+from fetcher.scheduler import Job, Scheduler
 from fetcher.summary import RunStats
 from fetcher.workers import ImagingPool
 from storage.atomic import remove_stale_tmp
@@ -133,7 +133,7 @@ class Pipeline:
                     except UrlRefused as exc:
                         self._finish(SampleResult.failure(row, exc.reason, exc.detail))
                         continue
-                    await self.scheduler.put(Job(row=row, url=url, host=host_key(url)))
+                    await self.scheduler.put(Job(row=row, url=url, host=self.scheduler.key_of(url)))
                     self.monitor.row_scheduled()
                 writer.reading_done = True
                 self._maybe_finalize(writer)
@@ -142,6 +142,9 @@ class Pipeline:
 
     async def _dispatch(self) -> None:
         async for job in self.scheduler.dispatch():
+            if job.verdict is not None:  # host given up by the breaker: final without a request
+                self._finish(self._fetch_failure(job, job.verdict))
+                continue
             task = asyncio.create_task(self._handle(job))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

@@ -41,6 +41,7 @@ class Reason(StrEnum):
     # HTTP status
     HTTP_403 = "http_403"
     HTTP_404 = "http_404"
+    HTTP_408 = "http_408"
     HTTP_410 = "http_410"
     HTTP_429 = "http_429"
     HTTP_4XX = "http_4xx"
@@ -87,7 +88,13 @@ _RESIZE_REASONS = frozenset(
 
 def reason_for_http_status(code: int) -> Reason:
     """Map a non-2xx HTTP status to its named reason."""
-    named = {403: Reason.HTTP_403, 404: Reason.HTTP_404, 410: Reason.HTTP_410, 429: Reason.HTTP_429}
+    named = {
+        403: Reason.HTTP_403,
+        404: Reason.HTTP_404,
+        408: Reason.HTTP_408,
+        410: Reason.HTTP_410,
+        429: Reason.HTTP_429,
+    }
     if code in named:
         return named[code]
     if 400 <= code < 500:

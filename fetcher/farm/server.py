@@ -31,6 +31,9 @@ class FarmState:
 
     arrivals: list[Arrival] = field(default_factory=list)
     gen_cache: dict[tuple[Any, ...], bytes] = field(default_factory=dict)
+    # /throttled: last time each bucket served an image, and every 429 sent as (time, path_qs)
+    throttle_last: dict[str, float] = field(default_factory=dict)
+    throttled: list[tuple[float, str]] = field(default_factory=list)
 
 
 STATE: web.AppKey[FarmState] = web.AppKey("state", FarmState)
@@ -81,6 +84,21 @@ async def status(request: web.Request) -> web.Response:
 
 async def slow(request: web.Request) -> web.Response:
     await asyncio.sleep(int(request.match_info["ms"]) / 1000)
+    data, name = _catalogue(request)
+    return _image_response(data, name)
+
+
+async def throttled(request: web.Request) -> web.Response:
+    """/throttled/{bucket}/{name}?interval=&retry_after=: 429 + Retry-After when hit faster than ``interval``."""
+    state: FarmState = request.app[STATE]
+    key = f"{request.host}/{request.match_info['bucket']}"
+    now = time.monotonic()
+    if now - state.throttle_last.get(key, float("-inf")) < float(request.query.get("interval", "0.2")):
+        state.throttled.append((now, request.path_qs))
+        return web.Response(
+            status=429, text="slow down", headers={"Retry-After": request.query.get("retry_after", "1")}
+        )
+    state.throttle_last[key] = now
     data, name = _catalogue(request)
     return _image_response(data, name)
 
@@ -183,6 +201,7 @@ def make_app(state: FarmState | None = None, extra_routes: Iterable[web.RouteDef
             web.get(r"/gen/{w:\d+}x{h:\d+}.{ext}", gen),
             web.get(r"/status/{code:\d+}", status),
             web.get(r"/slow/{ms:\d+}/{name}", slow),
+            web.get("/throttled/{bucket}/{name}", throttled),
             web.get("/hang", hang),
             web.get("/truncated/{name}", truncated),
             web.get("/reset/{name}", reset),

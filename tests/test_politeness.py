@@ -1,0 +1,205 @@
+"""Per-host politeness end to end: real fetcher subprocesses against the loopback farm.
+
+Rate limits are checked on the farm's own arrival log, Retry-After on its log of 429s sent.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fetcher.farm import Farm
+from tests.conftest import results_table, run_fetcher, write_urls
+
+FAST = ("--allow-private-networks", "--samples-per-tar", "100", "--processes", "1")
+
+
+def fetch(tmp: Path, urls: list[str], *flags: str) -> tuple[list[dict[str, object]], float]:
+    """Run fetcher on ``urls``; returns the results rows in input order and the wall time."""
+    inp = write_urls(tmp / "in.parquet", urls)
+    start = time.monotonic()
+    run_fetcher("--input", str(inp), "--output", str(tmp / "out"), *FAST, *flags, timeout=120)
+    elapsed = time.monotonic() - start
+    rows = sorted(results_table(tmp / "out").to_pylist(), key=lambda r: str(r["key"]))
+    assert [r["url"] for r in rows] == urls
+    return rows, elapsed
+
+
+def arrivals(farm: Farm, tag: str) -> list[tuple[float, str, str]]:
+    """(time, host, path) of every request whose path contains ``tag``, in arrival order."""
+    return [(a.t, a.host, a.path) for a in list(farm.state.arrivals) if tag in a.path]
+
+
+def max_in_window(times: list[float], window: float) -> int:
+    """Most events in any closed interval of ``window`` seconds."""
+    times = sorted(times)
+    j = best = 0
+    for i, t in enumerate(times):
+        while times[j] < t - window:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+def test_host_rate_never_exceeds_rate_plus_burst(farm: Farm, tmp_path: Path) -> None:
+    rate, burst, n = 8, 2, 32
+    urls = [farm.url(f"/img/small.jpg?tag=rate&i={i}", 7) for i in range(n)]
+    urls += [farm.url(f"/img/small.jpg?tag=rate-free&i={i}", 6) for i in range(n)]  # another host, no limit
+    limits = tmp_path / "limits.toml"
+    limits.write_text(f'["{farm.addresses[7]}"]\nrate = {rate}\nburst = {burst}\n')
+    rows, _ = fetch(tmp_path, urls, "--host-limits", str(limits))
+    assert all(r["status"] == "success" for r in rows)
+    limited = [t for t, _, _ in arrivals(farm, "tag=rate&")]
+    free = [t for t, _, _ in arrivals(farm, "tag=rate-free&")]
+    assert len(limited) == n
+    assert max_in_window(limited, 1.0) <= rate + burst
+    span = max(limited) - min(limited)
+    # It runs at the rate, not below it: n starts need (n - burst) / rate seconds.
+    assert (n - burst) / rate * 0.95 <= span <= (n - burst) / rate + 2.0, span
+    # The limit is the limited host's own: the other host is not slowed by it.
+    assert max(free) - min(free) < span / 2
+
+
+def test_per_host_rate_flag_limits_every_host(farm: Farm, tmp_path: Path) -> None:
+    rate, burst, n = 10, 1, 12
+    urls = [farm.url(f"/img/tiny.png?tag=rflag&i={i}", h) for i in range(n) for h in (1, 2)]
+    fetch(tmp_path, urls, "--per-host-rate", str(rate), "--per-host-burst", str(burst))
+    log = arrivals(farm, "tag=rflag&")
+    for h in (1, 2):
+        times = [t for t, host, _ in log if host.startswith(farm.addresses[h] + ":")]
+        assert len(times) == n
+        assert max_in_window(times, 1.0) <= rate + burst
+        assert max(times) - min(times) >= (n - burst) / rate * 0.95
+
+
+def test_429_retry_after_converges_and_is_honoured(farm: Farm, tmp_path: Path) -> None:
+    n, retry_after = 30, 1.0
+    path = "/throttled/t429/small.jpg?interval=0.1&retry_after=1&tag=t429"
+    urls = [farm.url(f"{path}&i={i}", 5) for i in range(n)]
+    sent_before = len(farm.state.throttled)
+    rows, elapsed = fetch(tmp_path, urls, "--retries", "4", "--backoff-base", "0.1")
+    assert [r["status"] for r in rows] == ["success"] * n, Counter(str(r["error_message"]) for r in rows)
+    throttled = [(t, p) for t, p in farm.state.throttled[sent_before:] if "tag=t429" in p]
+    assert throttled, "the farm never throttled: the test did not test anything"
+    # Converges: 429s are the exception, not one per row.
+    assert len(throttled) <= n // 2, len(throttled)
+    log = arrivals(farm, "tag=t429")
+    by_path: dict[str, list[float]] = defaultdict(list)
+    for t, _, p in log:
+        by_path[p].append(t)
+    for t429, p in throttled:
+        later = [t for t in by_path[p] if t > t429]
+        assert later, f"{p} was never retried after its 429"
+        assert later[0] >= t429 + retry_after, f"{p} retried {later[0] - t429:.3f}s after Retry-After: 1"
+        # The pause holds for the whole host: nothing sent after the 429 reached us, before it expired.
+        early = [t for t, _, _ in log if t429 + 0.25 < t < t429 + retry_after - 0.05]
+        assert not early, f"{len(early)} requests to the host during its Retry-After pause"
+    assert sum(int(r["attempts"]) for r in rows) == n + len(throttled)
+
+
+def test_hanging_and_slow_hosts_do_not_hold_back_the_others(farm: Farm, tmp_path: Path) -> None:
+    """5 % of rows on a hanging host, 5 % on a slow one: the other hosts' rows finish as fast as alone."""
+    n = 200
+    urls, kinds = [], []
+    for i in range(n):
+        if i % 20 == 7:
+            urls.append(farm.url(f"/hang?tag=hs-hang&i={i}", 6))
+            kinds.append("hang")
+        elif i % 20 == 13:
+            urls.append(farm.url(f"/slow/1500/small.jpg?tag=hs-slow&i={i}", 7))
+            kinds.append("slow")
+        else:
+            urls.append(farm.url(f"/slow/150/small.jpg?tag=hs-good&i={i}", i % 6))
+            kinds.append("good")
+    flags = (
+        "--concurrency", "32", "--per-host-concurrency", "4", "--timeout", "2", "--connect-timeout", "1",
+        "--read-timeout", "2", "--retries", "1", "--backoff-base", "0.2",
+        "--breaker-threshold", "3", "--breaker-cooldown", "1",
+    )  # fmt: skip
+    good_urls = [u for u, k in zip(urls, kinds, strict=True) if k == "good"]
+
+    t0 = time.monotonic()
+    alone_rows, _ = fetch(tmp_path / "alone", [u.replace("hs-good", "hs-alone") for u in good_urls], *flags)
+    alone = max(t for t, _, _ in arrivals(farm, "tag=hs-alone")) - t0
+    t1 = time.monotonic()
+    rows, elapsed = fetch(tmp_path / "mixed", urls, *flags)
+    mixed = max(t for t, _, _ in arrivals(farm, "tag=hs-good")) - t1
+    ratio = alone / mixed
+    print(f"\nother hosts' rows: alone {alone:.2f}s, with hanging+slow host {mixed:.2f}s, ratio {ratio:.2f}")
+    assert all(r["status"] == "success" for r in alone_rows)
+    for r, kind in zip(rows, kinds, strict=True):
+        if kind == "hang":
+            assert r["error_message"] in ("timeout", "host_unavailable"), r
+        else:
+            assert r["status"] == "success", r
+    # Good rows start within a few tenths of a second of their solo timing (startup noise included).
+    assert ratio >= 0.75, f"ratio {ratio:.2f}"
+    # The hanging host's rows did not each wait out a timeout (breaker), so the run ends soon too.
+    assert elapsed < alone + 8
+
+
+def test_permanent_errors_not_retried_transient_ones_retried_with_backoff(farm: Farm, tmp_path: Path) -> None:
+    base = 0.3
+    plan = {"404": 1, "403": 1, "410": 1, "503": 3, "408": 3}
+    urls, codes = [], []
+    for code in plan:
+        for i in range(3):
+            urls.append(farm.url(f"/status/{code}?tag=st&i={i}", 4))
+            codes.append(code)
+    urls += [farm.url(f"/img/small.jpg?tag=st-ok&i={i}", 4) for i in range(3)]
+    codes += ["200"] * 3
+    rows, _ = fetch(tmp_path, urls, "--retries", "2", "--backoff-base", str(base))
+    log = arrivals(farm, "tag=st")
+    by_path: dict[str, list[float]] = defaultdict(list)
+    for t, _, p in log:
+        by_path[p].append(t)
+    for r, code, url in zip(rows, codes, urls, strict=True):
+        path = url.split(str(farm.port), 1)[1]
+        expected = plan.get(code, 1)
+        assert r["attempts"] == expected, (code, r)
+        assert len(by_path[path]) == expected, (code, by_path[path])
+        if code == "200":
+            assert r["status"] == "success"
+            continue
+        assert r["http_status"] == int(code)
+        assert r["error_message"] == {"503": "http_5xx", "408": "http_408"}.get(code, f"http_{code}")
+        times = by_path[path]
+        for k in range(1, len(times)):
+            # Equal-jitter backoff: at least half of base * 2**(k-1) before retry k.
+            assert times[k] - times[k - 1] >= base * 2 ** (k - 1) / 2 * 0.98, (code, times)
+
+
+@pytest.fixture
+def dead_port() -> Iterator[int]:
+    """A port on 127.0.0.10 that is bound but not listening: every connection is refused."""
+    s = socket.socket()
+    s.bind(("127.0.0.10", 0))
+    try:
+        yield s.getsockname()[1]
+    finally:
+        s.close()
+
+
+def test_dead_host_trips_breaker_and_its_rows_fail_fast(farm: Farm, tmp_path: Path, dead_port: int) -> None:
+    n_dead = 60
+    urls = [f"http://127.0.0.10:{dead_port}/img/{i}.jpg" for i in range(n_dead)]
+    urls += [farm.url(f"/img/small.jpg?tag=dead-ok&i={i}", 3) for i in range(20)]
+    rows, elapsed = fetch(
+        tmp_path, urls, "--retries", "2", "--backoff-base", "0.1", "--per-host-concurrency", "2",
+        "--breaker-threshold", "3", "--breaker-cooldown", "1",
+    )  # fmt: skip
+    dead, ok = rows[:n_dead], rows[n_dead:]
+    assert all(r["status"] == "success" for r in ok)
+    reasons = Counter(str(r["error_message"]) for r in dead)
+    assert set(reasons) <= {"connect_error", "host_unavailable"}, reasons
+    assert reasons["host_unavailable"] >= n_dead - 5, reasons
+    # Fail fast: a handful of real attempts in all (threshold, in-flight ones, retries, one probe).
+    assert sum(int(r["attempts"]) for r in dead) <= 12, [r["attempts"] for r in dead]
+    given_up = [r for r in dead if r["error_message"] == "host_unavailable"]
+    assert "consecutive connect failures" in str(given_up[0]["error_detail"])
+    assert elapsed < 20

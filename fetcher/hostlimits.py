@@ -75,6 +75,9 @@ class HostLimits:
             if not isinstance(entry, dict):
                 raise ConfigError(f"{where}: {key}: expected a table such as {{rate = 1.0}}")
             unknown = set(entry) - set(_FIELDS)
+            if any(isinstance(entry[name], dict) for name in unknown):
+                # TOML splits a bare [images.pexels.com] at the dots into nested tables.
+                raise ConfigError(f'{where}: {key}: quote host names in TOML, as in ["images.pexels.com"]')
             if unknown:
                 raise ConfigError(f"{where}: {key}: unknown field {sorted(unknown)[0]!r} (known: {', '.join(_FIELDS)})")
             values: dict[str, Any] = {}

@@ -69,6 +69,10 @@ class SchedulerOptions:
         for name in ("backoff_base", "backoff_max", "breaker_cooldown"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0")
+        if self.politeness_key not in POLITENESS_KEYS:
+            raise ConfigError(
+                f"--politeness-key must be one of {', '.join(POLITENESS_KEYS)}, not {self.politeness_key!r}"
+            )
         self.load_limits()
 
     def load_limits(self) -> HostLimits:

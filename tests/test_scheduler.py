@@ -197,6 +197,12 @@ def test_bad_host_limits_is_one_line_error(tmp_path: Path, text: str, needle: st
     assert needle in str(exc.value) and "\n" not in str(exc.value)
 
 
+def test_bad_politeness_key_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FETCHER_POLITENESS_KEY", "url")
+    with pytest.raises(ConfigError, match="--politeness-key must be one of host, domain"):
+        load_config(["--input", "x", "--output", "y"])
+
+
 def test_missing_host_limits_file_names_it() -> None:
     with pytest.raises(ConfigError, match=r"--host-limits /nonexistent/limits\.toml"):
         load_config(["--input", "x", "--output", "y", "--host-limits", "/nonexistent/limits.toml"])

@@ -71,6 +71,8 @@ class RetryPolicy:
 
     def decide(self, outcome: FetchOutcome, attempts: int) -> RetryDecision:
         """Decide after attempt number ``attempts`` (1-based) ended with ``outcome``."""
+        if outcome.ok:
+            return RetryDecision(False)  # the common case, without building tenacity's call state
         state = tenacity.RetryCallState(self._retrying, None, (), {})
         state.attempt_number = attempts
         state.set_result(outcome)

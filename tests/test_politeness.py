@@ -59,8 +59,9 @@ def test_host_rate_never_exceeds_rate_plus_burst(farm: Farm, tmp_path: Path) -> 
     assert len(limited) == n
     assert max_in_window(limited, 1.0) <= rate + burst
     span = max(limited) - min(limited)
-    # It runs at the rate, not below it: n starts need (n - burst) / rate seconds.
-    assert (n - burst) / rate * 0.95 <= span <= (n - burst) / rate + 2.0, span
+    # It runs at the rate, not below it: n starts need (n - burst) / rate seconds (from the 2nd
+    # arrival on, as the first request of a fresh process may arrive late: connection set-up).
+    assert (n - burst - 1) / rate * 0.95 <= max(limited) - sorted(limited)[1] and span <= (n - burst) / rate + 2.0
     # The limit is the limited host's own: the other host is not slowed by it.
     assert max(free) - min(free) < span / 2
 
@@ -74,7 +75,7 @@ def test_per_host_rate_flag_limits_every_host(farm: Farm, tmp_path: Path) -> Non
         times = [t for t, host, _ in log if host.startswith(farm.addresses[h] + ":")]
         assert len(times) == n
         assert max_in_window(times, 1.0) <= rate + burst
-        assert max(times) - min(times) >= (n - burst) / rate * 0.95
+        assert max(times) - sorted(times)[1] >= (n - burst - 1) / rate * 0.95
 
 
 def test_429_retry_after_converges_and_is_honoured(farm: Farm, tmp_path: Path) -> None:
@@ -116,7 +117,7 @@ def test_hanging_and_slow_hosts_do_not_hold_back_the_others(farm: Farm, tmp_path
             urls.append(farm.url(f"/slow/1500/small.jpg?tag=hs-slow&i={i}", 7))
             kinds.append("slow")
         else:
-            urls.append(farm.url(f"/slow/150/small.jpg?tag=hs-good&i={i}", i % 6))
+            urls.append(farm.url(f"/slow/300/small.jpg?tag=hs-good&i={i}", i % 6))
             kinds.append("good")
     flags = (
         "--concurrency", "32", "--per-host-concurrency", "4", "--timeout", "2", "--connect-timeout", "1",
@@ -125,12 +126,15 @@ def test_hanging_and_slow_hosts_do_not_hold_back_the_others(farm: Farm, tmp_path
     )  # fmt: skip
     good_urls = [u for u, k in zip(urls, kinds, strict=True) if k == "good"]
 
-    t0 = time.monotonic()
+    def span(tag: str) -> float:
+        # first to last request of the other hosts' rows: process start-up noise left out
+        times = [t for t, _, _ in arrivals(farm, tag)]
+        return max(times) - min(times)
+
     alone_rows, _ = fetch(tmp_path / "alone", [u.replace("hs-good", "hs-alone") for u in good_urls], *flags)
-    alone = max(t for t, _, _ in arrivals(farm, "tag=hs-alone")) - t0
-    t1 = time.monotonic()
+    alone = span("tag=hs-alone")
     rows, elapsed = fetch(tmp_path / "mixed", urls, *flags)
-    mixed = max(t for t, _, _ in arrivals(farm, "tag=hs-good")) - t1
+    mixed = span("tag=hs-good")
     ratio = alone / mixed
     print(f"\nother hosts' rows: alone {alone:.2f}s, with hanging+slow host {mixed:.2f}s, ratio {ratio:.2f}")
     assert all(r["status"] == "success" for r in alone_rows)
@@ -139,8 +143,8 @@ def test_hanging_and_slow_hosts_do_not_hold_back_the_others(farm: Farm, tmp_path
             assert r["error_message"] in ("timeout", "host_unavailable"), r
         else:
             assert r["status"] == "success", r
-    # Good rows start within a few tenths of a second of their solo timing (startup noise included).
-    assert ratio >= 0.75, f"ratio {ratio:.2f}"
+    # The other hosts' rows take about as long as alone (measured ~1.0; 0.8 leaves room for a loaded box).
+    assert ratio >= 0.8, f"ratio {ratio:.2f}"
     # The hanging host's rows did not each wait out a timeout (breaker), so the run ends soon too.
     assert elapsed < alone + 8
 

@@ -1,7 +1,12 @@
-"""Command-line entry point: ``python -m fetcher --input PATH --output DIR [options]``."""
+"""Command-line entry point: ``python -m fetcher --input PATH --output DIR [options]``.
+
+``python -m fetcher metadata OUTPUT`` rebuilds an output's dataset-level indexes (wids-index.json,
+metadata.parquet) from its completed tars.
+"""
 
 from __future__ import annotations
 
+import json
 import sys
 
 from fetcher.config import load_config
@@ -10,8 +15,18 @@ from fetcher.options import ConfigError
 
 def main(argv: list[str] | None = None) -> int:
     """Run fetcher; returns the process exit code (2 for bad flags or input)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["metadata"]:
+        return _metadata(argv[1:])
     try:
         cfg = load_config(argv)
+        if cfg.output.print_simpletuner_config:
+            from storage.indexes import simpletuner_config
+
+            if cfg.output.output_format != "files" or "://" in cfg.run.output:
+                raise ConfigError("--print-simpletuner-config needs --output-format files and a local --output")
+            print(json.dumps(simpletuner_config(cfg.run.output), indent=4))
+            return 0
         from fetcher.pipeline import run
 
         run(cfg)
@@ -21,4 +36,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fetcher: interrupted; incomplete tars will be redone on the next run", file=sys.stderr)
         return 130
+    return 0
+
+
+def _metadata(args: list[str]) -> int:
+    if len(args) != 1 or args[0].startswith("-"):
+        print("usage: python -m fetcher metadata OUTPUT", file=sys.stderr)
+        return 2
+    from storage.output import rebuild
+
+    try:
+        built = rebuild(args[0])
+    except (OSError, ValueError) as exc:
+        print(f"fetcher: error: metadata {args[0]}: {exc}", file=sys.stderr)
+        return 2
+    if not built:
+        print(f"fetcher: error: metadata {args[0]}: no completed tars found", file=sys.stderr)
+        return 2
+    for name, count in built.items():
+        print(f"{name}: {count} completed tars")
     return 0

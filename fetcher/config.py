@@ -21,6 +21,7 @@ from fetcher.metrics import MonitorOptions
 from fetcher.options import ConfigError, add_arguments, apply_defaults, build, env_values, opt
 from fetcher.reader import InputOptions
 from fetcher.scheduler import SchedulerOptions
+from storage.output import OutputOptions
 
 
 def resolve_shard(text: str, index_env: str, environ: Mapping[str, str] | None = None) -> str:
@@ -51,8 +52,13 @@ def parse_shard(text: str) -> tuple[int, int]:
 class RunOptions:
     """Where output goes and how the process runs."""
 
-    input: str = opt("--input", "", "parquet file, directory of *.parquet (sorted) or glob", aliases=("--url_list",))
-    output: str = opt("--output", "", "output directory", aliases=("--output_folder",))
+    input: str = opt(
+        "--input",
+        "",
+        "input file, directory (sorted) or glob: parquet, jsonl, csv, tsv, txt (.gz ok); local or fsspec URL",
+        aliases=("--url_list",),
+    )
+    output: str = opt("--output", "", "output directory or object-store URL (s3://…)", aliases=("--output_folder",))
     shard: str = opt(
         "--shard", "0/1", "take tars k with k %% N == i (i/N; $INDEX/N reads i from --shard-index-env)", metavar="I/N"
     )
@@ -94,10 +100,19 @@ class RunOptions:
         return self.processes or (os.cpu_count() or 1)
 
 
-OPTION_CLASSES: list[type] = [RunOptions, InputOptions, HttpOptions, SchedulerOptions, ImageOptions, MonitorOptions]
+OPTION_CLASSES: list[type] = [
+    RunOptions,
+    InputOptions,
+    OutputOptions,
+    HttpOptions,
+    SchedulerOptions,
+    ImageOptions,
+    MonitorOptions,
+]
 _TITLES = {
     RunOptions: "run",
     InputOptions: "input",
+    OutputOptions: "output",
     HttpOptions: "http",
     SchedulerOptions: "scheduling",
     ImageOptions: "imaging",
@@ -111,13 +126,14 @@ class Config:
 
     run: RunOptions
     input: InputOptions
+    output: OutputOptions
     http: HttpOptions
     scheduler: SchedulerOptions
     imaging: ImageOptions
     monitor: MonitorOptions
 
     def validate(self) -> None:
-        for part in (self.run, self.input, self.http, self.scheduler, self.imaging, self.monitor):
+        for part in (self.run, self.input, self.output, self.http, self.scheduler, self.imaging, self.monitor):
             part.validate()
 
 
@@ -161,6 +177,7 @@ def load_config(argv: list[str] | None = None) -> Config:
     cfg = Config(
         run=build(RunOptions, ns),
         input=build(InputOptions, ns),
+        output=build(OutputOptions, ns),
         http=build(HttpOptions, ns),
         scheduler=build(SchedulerOptions, ns),
         imaging=build(ImageOptions, ns),

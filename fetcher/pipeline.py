@@ -7,7 +7,6 @@ reader (rows of this shard's tars) -> URL policy -> scheduler (per-host slots, g
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -21,8 +20,7 @@ from fetcher.records import FetchOutcome, Reason, SampleResult, Status
 from fetcher.scheduler import Job, Scheduler
 from fetcher.summary import RunStats
 from fetcher.workers import ImagingPool
-from storage.atomic import remove_stale_tmp
-from storage.layout import ShardFiles
+from storage.output import Output
 from storage.shard import ShardWriter
 
 
@@ -34,6 +32,7 @@ class RunPlan:
     files: list[InputFile]
     tars: list[TarPlan]
     todo: list[TarPlan]
+    output: Output
 
 
 def prepare(cfg: Config) -> RunPlan:
@@ -41,9 +40,9 @@ def prepare(cfg: Config) -> RunPlan:
     files = open_inputs(cfg.run.input, cfg.input, cfg.imaging.verify_hash)
     total = sum(f.num_rows for f in files)
     tars = plan_tars(total, cfg.run.samples_per_tar, cfg.run.shard_pair)
-    os.makedirs(cfg.run.output, exist_ok=True)
-    todo = [t for t in tars if not ShardFiles(cfg.run.output, t.index).is_complete()]
-    return RunPlan(cfg=cfg, files=files, tars=tars, todo=todo)
+    output = Output(cfg.run.output, cfg.output, cfg.input.save_list, cfg.imaging.hash_column)
+    todo = [t for t in tars if not output.is_complete(t.index)]
+    return RunPlan(cfg=cfg, files=files, tars=tars, todo=todo, output=output)
 
 
 class ByteBudget:
@@ -82,15 +81,14 @@ class Pipeline:
         )
         self.scheduler = Scheduler(self.cfg.scheduler)
         self.budget = ByteBudget(self.cfg.run.max_bytes_in_flight)
-        self.monitor = Monitor(self.cfg.monitor, self.stats, self.cfg.run.shard_pair, self.cfg.run.output)
+        self.monitor = Monitor(self.cfg.monitor, self.stats, self.cfg.run.shard_pair, plan.output.local_root)
         self.writers: dict[int, ShardWriter] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._finalizers: list[asyncio.Task[None]] = []
 
     async def run(self) -> RunStats:
         """Fetch, process and write every row of the planned tars."""
-        out = self.cfg.run.output
-        remove_stale_tmp(out)
+        self.plan.output.cleanup([t.index for t in self.plan.todo])
         async with (
             HttpClient(self.cfg.http) as self.http,
             ImagingPool(self.cfg.run.worker_count, self.cfg.imaging) as self.pool,
@@ -116,18 +114,16 @@ class Pipeline:
         policy = self.http.policy
         try:
             for tar in self.plan.todo:
-                writer = ShardWriter(
-                    ShardFiles(self.cfg.run.output, tar.index),
-                    tar.size,
-                    self.cfg.input.save_list,
-                    hash_column=self.cfg.imaging.hash_column,
-                )
+                writer = self.plan.output.new_writer(tar.index, tar.size)
                 self.writers[tar.index] = writer
                 rows = iter_rows(
                     self.plan.files, tar, self.cfg.input, self.cfg.run.samples_per_tar, self.cfg.imaging.verify_hash
                 )
                 for row in rows:
                     self.monitor.row_read()
+                    if row.skip_reason is not None:  # --filter / bad --key-col: recorded, never fetched
+                        self._finish(SampleResult.failure(row, row.skip_reason, row.skip_detail))
+                        continue
                     try:
                         url = policy.check_url(row.url)
                     except UrlRefused as exc:

@@ -2,22 +2,25 @@
 
 Tar ``k`` always holds rows ``[k*S, (k+1)*S)`` of the concatenated (sorted) input, so output names
 do not depend on how many workers run; ``--shard i/N`` takes the tars with ``k % N == i``.
-Rows are streamed row group by row group, only the needed columns, so memory does not grow with
-input size.
+Rows are streamed batch by batch (whole row groups for parquet), only the needed columns, so memory
+does not grow with input size. File formats live in :mod:`fetcher.inputs`, ``--filter`` in
+:mod:`fetcher.rowfilter`.
 """
 
 from __future__ import annotations
 
-import glob
-import os
+import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
+from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from fetcher.inputs import FORMATS, Source, discover, format_of, normalize_format, open_source, read_tables
 from fetcher.options import ConfigError, opt
-from fetcher.records import InputRow
+from fetcher.records import InputRow, Reason
+from fetcher.rowfilter import RowFilter, parse_filter
 
 
 def _split_list(text: str) -> list[str]:
@@ -41,35 +44,79 @@ class InputOptions:
         "comma-separated input columns copied to the results and .json",
         aliases=("--save_additional_columns",),
     )
-    batch_rows: int = opt("--batch-rows", 4096, "rows decoded from parquet at a time")
+    batch_rows: int = opt("--batch-rows", 4096, "rows decoded from the input at a time")
+    input_format: str = opt(
+        "--input-format",
+        "auto",
+        f"input file format: {', '.join(FORMATS)} (auto = by extension; .gz and img2dataset names accepted)",
+        aliases=("--input_format",),
+    )
+    fallback_caption_col: str = opt("--fallback-caption-col", "", "column used when the caption is empty (e.g. tags)")
+    key_col: str = opt(
+        "--key-col", "", "use this input column (letters and digits kept) as the sample key instead of generated digits"
+    )
+    filter: str = opt(
+        "--filter",
+        "",
+        "keep only rows where this expression over input columns holds, e.g. 'punsafe < 0.5 and similarity > 0.3'",
+    )
 
     @property
     def save_list(self) -> list[str]:
         return _split_list(self.save_columns)
 
+    @cached_property
+    def row_filter(self) -> RowFilter | None:
+        """The parsed ``--filter`` (None when not given)."""
+        return parse_filter(self.filter) if self.filter.strip() else None
+
+    @property
+    def text_columns(self) -> tuple[str, ...]:
+        """Columns read as strings whatever they look like (csv type inference must not touch them)."""
+        return tuple(c for c in (self.url_col, self.caption_col, self.fallback_caption_col, self.key_col) if c)
+
+    def column_flags(self, fmt: str, hash_col: str = "") -> list[tuple[str, str]]:
+        """Every input column this run reads, with the flag that asked for it."""
+        pairs = [(self.url_col, "--url-col")]
+        if fmt != "txt":  # a URL list has no caption column; other columns are still checked
+            pairs += [(self.caption_col, "--caption-col"), (self.fallback_caption_col, "--fallback-caption-col")]
+        pairs += [(self.key_col, "--key-col")]
+        pairs += [(c, "--save-columns") for c in self.save_list]
+        pairs += [(c, "--filter") for c in (self.row_filter.columns if self.row_filter else ())]
+        pairs += [(hash_col, "--verify-hash")]
+        return [(c, flag) for c, flag in pairs if c]
+
+    def columns_for(self, fmt: str, hash_col: str = "") -> list[str]:
+        """The columns to read from a file of format ``fmt`` (each once)."""
+        return list(dict.fromkeys(c for c, _ in self.column_flags(fmt, hash_col)))
+
     @property
     def columns(self) -> list[str]:
-        cols = [self.url_col]
-        if self.caption_col:
-            cols.append(self.caption_col)
-        cols += [c for c in self.save_list if c not in cols]
-        return cols
+        return self.columns_for("parquet")
 
     def validate(self) -> None:
         if not self.url_col:
             raise ConfigError("--url-col must not be empty")
         if self.batch_rows < 1:
             raise ConfigError("--batch-rows must be >= 1")
+        normalize_format(self.input_format)
+        _ = self.row_filter  # parse now: a bad --filter fails before any traffic
 
 
 @dataclass(frozen=True)
 class InputFile:
     """One input file and where its rows sit in the concatenated input."""
 
-    path: str
-    num_rows: int
+    source: Source
     offset: int
-    row_group_rows: tuple[int, ...]
+
+    @property
+    def path(self) -> str:
+        return self.source.path
+
+    @property
+    def num_rows(self) -> int:
+        return self.source.num_rows
 
 
 @dataclass(frozen=True)
@@ -85,52 +132,22 @@ class TarPlan:
         return self.stop - self.start
 
 
-def discover(spec: str) -> list[str]:
-    """Expand ``--input``: a file, a directory (its ``*.parquet``, sorted) or a glob (sorted)."""
-    if os.path.isdir(spec):
-        paths = sorted(glob.glob(os.path.join(spec, "*.parquet")))
-        if not paths:
-            raise ConfigError(f"--input {spec}: directory holds no *.parquet files")
-        return paths
-    if os.path.isfile(spec):
-        return [spec]
-    if glob.has_magic(spec):
-        paths = sorted(p for p in glob.glob(spec) if os.path.isfile(p))
-        if not paths:
-            raise ConfigError(f"--input {spec}: glob matches no files")
-        return paths
-    raise ConfigError(f"--input {spec}: no such file or directory")
-
-
 def open_inputs(spec: str, opts: InputOptions, hash_col: str = "") -> list[InputFile]:
-    """Open every input file's metadata, check the needed columns exist, and lay out offsets.
+    """Open every input file (any format), check the needed columns exist, and lay out offsets.
 
     ``hash_col`` is the ``--verify-hash`` column, read along with the others when given.
     """
     files: list[InputFile] = []
     offset = 0
-    for path in discover(spec):
-        try:
-            pf = pq.ParquetFile(path)
-        except (OSError, pa.ArrowException) as exc:
-            raise ConfigError(f"--input {path}: not a readable parquet file ({exc})") from None
-        names = set(pf.schema_arrow.names)
-        for col in _columns(opts, hash_col):
+    forced = normalize_format(opts.input_format)
+    for path in discover(spec, forced):
+        src = open_source(path, format_of(path, forced), opts.url_col)
+        names = set(src.names)
+        for col, flag in opts.column_flags(src.fmt, hash_col):
             if col not in names:
-                flag = (
-                    "--url-col"
-                    if col == opts.url_col
-                    else "--caption-col"
-                    if col == opts.caption_col
-                    else "--verify-hash"
-                    if col == hash_col and col not in opts.save_list
-                    else "--save-columns"
-                )
                 raise ConfigError(f"{path}: column {col!r} ({flag}) not found; columns are {', '.join(sorted(names))}")
-        md = pf.metadata
-        rg_rows = tuple(md.row_group(i).num_rows for i in range(md.num_row_groups))
-        files.append(InputFile(path=path, num_rows=md.num_rows, offset=offset, row_group_rows=rg_rows))
-        offset += md.num_rows
+        files.append(InputFile(source=src, offset=offset))
+        offset += src.num_rows
     return files
 
 
@@ -151,59 +168,85 @@ def make_key(tar_index: int, row_in_tar: int, width: int) -> str:
     return f"{tar_index:05d}{row_in_tar:0{width}d}"
 
 
-def _columns(opts: InputOptions, hash_col: str) -> list[str]:
-    cols = opts.columns
-    return [*cols, hash_col] if hash_col and hash_col not in cols else cols
-
-
 def iter_rows(
     files: list[InputFile], plan: TarPlan, opts: InputOptions, samples_per_tar: int, hash_col: str = ""
 ) -> Iterator[InputRow]:
-    """Stream the rows of one tar, reading only the row groups that overlap it."""
+    """Stream the rows of one tar, reading only what overlaps it (whole row groups for parquet).
+
+    Rows the ``--filter`` rejects, and rows whose ``--key-col`` value is empty or repeats within the
+    tar, come out with ``skip_reason`` set: they are recorded, never fetched.
+    """
     width = key_width(samples_per_tar)
-    save = opts.save_list
-    columns = _columns(opts, hash_col)
+    row_filter = opts.row_filter
+    keys_seen: set[str] = set()
     for f in files:
         lo = max(plan.start, f.offset)
         hi = min(plan.stop, f.offset + f.num_rows)
         if lo >= hi:
             continue
-        groups: list[int] = []
-        first_row_of_groups = None
-        pos = f.offset
-        for g, n in enumerate(f.row_group_rows):
-            if pos < hi and pos + n > lo:
-                groups.append(g)
-                if first_row_of_groups is None:
-                    first_row_of_groups = pos
-            pos += n
-        assert first_row_of_groups is not None
-        pf = pq.ParquetFile(f.path)
-        global_pos = first_row_of_groups
-        for batch in pf.iter_batches(batch_size=opts.batch_rows, row_groups=groups, columns=columns):
-            n = batch.num_rows
-            a, b = max(lo - global_pos, 0), min(hi - global_pos, n)
-            if a < b:
-                cols = {name: batch.column(name).slice(a, b - a).to_pylist() for name in columns}
-                urls = cols[opts.url_col]
-                captions = cols[opts.caption_col] if opts.caption_col else [None] * (b - a)
-                hashes = cols[hash_col] if hash_col else [None] * (b - a)
-                for j in range(b - a):
-                    g = global_pos + a + j
-                    r = g - plan.start
-                    yield InputRow(
-                        tar_index=plan.index,
-                        row_in_tar=r,
-                        key=make_key(plan.index, r, width),
-                        url=urls[j],
-                        caption=_caption(captions[j]),
-                        extra={c: cols[c][j] for c in save},
-                        expected_hash=_expected_hash(hashes[j]),
-                    )
-            global_pos += n
-            if global_pos >= hi:
+        columns = opts.columns_for(f.source.fmt, hash_col)
+        strings = (*opts.text_columns, hash_col)
+        for first, table in read_tables(f.source, columns, opts.batch_rows, lo - f.offset, hi - f.offset, strings):
+            g0 = f.offset + first
+            a, b = max(lo - g0, 0), min(hi - g0, table.num_rows)
+            if a >= b:
+                continue
+            part = table.slice(a, b - a)
+            keep = row_filter.mask(part) if row_filter else None
+            for j, rec in enumerate(_records(part, columns)):
+                r = g0 + a + j - plan.start
+                row = _input_row(plan.index, r, make_key(plan.index, r, width), rec, opts, hash_col)
+                if keep is not None and not keep[j]:
+                    row = replace(row, skip_reason=Reason.FILTERED, skip_detail=f"--filter {row_filter.text}")  # type: ignore[union-attr]
+                elif opts.key_col:
+                    row = _with_input_key(row, rec.get(opts.key_col), keys_seen)
+                yield row
+            if g0 + table.num_rows >= hi:
                 break
-        pf.close()
+
+
+def _records(table: pa.Table, columns: list[str]) -> list[dict[str, Any]]:
+    wanted = [c for c in columns if c in table.column_names]
+    cols = {c: table.column(c).to_pylist() for c in wanted}
+    return [{c: cols[c][j] for c in wanted} for j in range(table.num_rows)]
+
+
+def _input_row(tar: int, r: int, key: str, rec: dict[str, Any], opts: InputOptions, hash_col: str) -> InputRow:
+    caption = _caption(rec.get(opts.caption_col)) if opts.caption_col else None
+    if not caption and opts.fallback_caption_col:
+        caption = _caption(rec.get(opts.fallback_caption_col)) or caption
+    url = rec.get(opts.url_col)
+    return InputRow(
+        tar_index=tar,
+        row_in_tar=r,
+        key=key,
+        url=url.strip() if isinstance(url, str) else url,
+        caption=caption,
+        extra={c: rec.get(c) for c in opts.save_list},
+        expected_hash=_expected_hash(rec.get(hash_col)) if hash_col else None,
+    )
+
+
+_KEY_JUNK = re.compile(r"[^0-9A-Za-z]+")
+
+
+def sanitize_key(value: object) -> str:
+    """An input id as a sample key: letters and digits only (no dots, slashes or separators)."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return _KEY_JUNK.sub("", str(value))[:120]
+
+
+def _with_input_key(row: InputRow, value: object, seen: set[str]) -> InputRow:
+    key = sanitize_key(value)
+    if not key or key in seen:
+        # Keep the generated digit key so the results row stays unique; the row is not fetched.
+        why = "empty" if not key else f"duplicate {key!r} within tar {row.tar_index}"
+        return replace(row, skip_reason=Reason.BAD_KEY, skip_detail=f"--key-col value {value!r}: {why}")
+    seen.add(key)
+    return replace(row, key=key)
 
 
 def _expected_hash(value: object) -> str | None:
@@ -217,6 +260,8 @@ def _expected_hash(value: object) -> str | None:
 def _caption(value: object) -> str | None:
     if value is None:
         return None
+    if isinstance(value, list | tuple):  # e.g. a list of tags as the fallback caption
+        value = ", ".join(str(v) for v in value if v is not None)
     text = value if isinstance(value, str) else str(value)
     # NUL bytes break some caption readers; everything else is kept verbatim.
     return text.replace("\x00", "")

@@ -24,6 +24,7 @@ class Reason(StrEnum):
     INVALID_URL = "invalid_url"
     UNSUPPORTED_SCHEME = "unsupported_scheme"
     FILTERED = "filtered"
+    BAD_KEY = "bad_key"
     # network policy
     BLOCKED_ADDRESS = "blocked_address"
     ROBOTS_DISALLOWED = "robots_disallowed"
@@ -115,6 +116,9 @@ class InputRow:
     caption: str | None
     extra: dict[str, Any] = field(default_factory=dict)
     expected_hash: str | None = None  # from the --verify-hash column
+    # set by the reader for rows that are recorded but never fetched (--filter, bad --key-col value)
+    skip_reason: Reason | None = None
+    skip_detail: str = ""
 
 
 @dataclass(slots=True)

@@ -48,8 +48,13 @@ class RunStats:
         return self.ok / self.elapsed
 
     @property
+    def filtered(self) -> int:
+        """Rows --filter rejected: recorded, never fetched, not failures."""
+        return self.by_status.get(Status.FILTERED.value, 0)
+
+    @property
     def failed(self) -> int:
-        return self.rows_done - self.ok
+        return self.rows_done - self.ok - self.filtered
 
     @property
     def success_ratio(self) -> float:
@@ -86,6 +91,7 @@ class RunStats:
     def format(self) -> str:
         """A human summary table."""
         failed = self.failed
+        filtered = self.filtered
         lines = [
             "fetcher summary",
             f"  tars        {self.tars_done} written, {self.tars_skipped} already complete, {self.tars_total} in shard",
@@ -94,7 +100,10 @@ class RunStats:
             f"  failed      {failed}",
         ]
         for reason, n in self.by_reason.most_common():
-            lines.append(f"    {reason:<22}{n:<8}{100 * n / max(self.rows_done, 1):.1f} %")
+            if reason != Status.FILTERED.value:  # --filter rows are not failures: own line below
+                lines.append(f"    {reason:<22}{n:<8}{100 * n / max(self.rows_done, 1):.1f} %")
+        if filtered:
+            lines.append(f"  filtered    {filtered}")
         mb_in, mb_out = self.bytes_downloaded / 1e6, self.bytes_written / 1e6
         lines += [
             f"  time        {self.elapsed:.1f} s, {self.images_per_second:.1f} images/s,"

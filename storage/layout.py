@@ -29,6 +29,21 @@ class ShardFiles:
     def stats(self) -> str:
         return self.stem + "_stats.json"
 
+    @property
+    def folder(self) -> str:
+        """``--output-format files``: the per-tar folder of images and captions."""
+        return self.stem
+
+    @property
+    def metadata_piece(self) -> str:
+        """``--output-format files``: this tar's rows of the dataset-level ``metadata.parquet``."""
+        return self.stem + "_metadata.parquet"
+
+    @property
+    def images_parquet(self) -> str:
+        """``--output-format parquet``: the samples with their image bytes."""
+        return self.stem + "_images.parquet"
+
     def is_complete(self) -> bool:
         """A tar counts as done only when its stats marker exists (written after tar and parquet)."""
         return os.path.exists(self.stats)

@@ -5,31 +5,44 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from fetcher.records import SampleResult, Status
 from storage.atomic import write_bytes
 from storage.layout import ShardFiles
 from storage.results import sample_json, write_results
+from storage.sinks import SampleSink
 from storage.tarwriter import TarSink
+
+# Called with the committed local paths, in commit order (sink outputs, results parquet, stats marker).
+Publisher = Callable[[list[str]], None]
 
 
 class ShardWriter:
     """Collects the results of the ``expected`` rows of one tar and commits them atomically.
 
-    Commit order is tar, then parquet, then the stats marker, so a crash at any instant leaves
-    either a complete shard (marker present) or one that is redone from scratch.
+    Commit order is tar (or the sink's files), then parquet, then the stats marker, so a crash at any
+    instant leaves either a complete shard (marker present) or one that is redone from scratch.
+    ``publish`` then moves the committed files to their final place in that same order.
     """
 
     def __init__(
-        self, files: ShardFiles, expected: int, save_columns: list[str], hash_column: str | None = "sha256"
+        self,
+        files: ShardFiles,
+        expected: int,
+        save_columns: list[str],
+        hash_column: str | None = "sha256",
+        sink: SampleSink | None = None,
+        publish: Publisher | None = None,
     ) -> None:
         self.files = files
         self.expected = expected
         self.save_columns = save_columns
         self.hash_column = hash_column
         self.results: list[SampleResult] = []
-        self.sink = TarSink(files.tar)
+        self.sink: SampleSink = sink if sink is not None else TarSink(files.tar)
+        self.publish = publish
         self.started = time.time()
         self.reading_done = False
 
@@ -45,7 +58,7 @@ class ShardWriter:
             caption = (res.row.caption or "").encode("utf-8", "replace")
             res.bytes_written = len(img.data)
             self.sink.add_sample(
-                res.row.key, {img.ext: img.data, "txt": caption, "json": sample_json(res, self.hash_column)}
+                res.row.key, {img.ext: img.data, "txt": caption, "json": sample_json(res, self.hash_column)}, res
             )
             img.data = None  # the bytes live in the tar now; keep memory flat
         self.results.append(res)
@@ -74,6 +87,8 @@ class ShardWriter:
         write_results(self.files.parquet, self.results, self.save_columns, self.hash_column)
         stats = self.stats()
         write_bytes(self.files.stats, json.dumps(stats, indent=1).encode())
+        if self.publish is not None:
+            self.publish([*self.sink.outputs, self.files.parquet, self.files.stats])
         return stats
 
     def abort(self) -> None:

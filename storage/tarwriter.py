@@ -6,6 +6,7 @@ import io
 import os
 import tarfile
 import time
+from typing import Any
 
 from storage.atomic import TMP_SUFFIX, commit_tmp
 
@@ -22,7 +23,12 @@ class TarSink:
         self.bytes_written = 0
         self.samples = 0
 
-    def add_sample(self, key: str, members: dict[str, bytes]) -> None:
+    @property
+    def outputs(self) -> list[str]:
+        """The committed paths, in the order they must be published."""
+        return [self.path]
+
+    def add_sample(self, key: str, members: dict[str, bytes], res: Any = None) -> None:
         """Append the members of one sample (extension -> bytes), grouped under one key."""
         for ext, data in members.items():
             info = tarfile.TarInfo(f"{key}.{ext}")

@@ -46,13 +46,16 @@ def main() -> None:
     list(pool.map(_job, datas[: args.processes], [opts] * args.processes))  # start the workers untimed
     # The workers are forkserver grandchildren (no rusage reaches us): read the tree's CPU from /proc.
     tree = TreeSampler(os.getpid())
-    cpu0, start = tree.sample().cpu, time.monotonic()
+    me = os.getpid()
+    first = tree.sample()
+    cpu0, parent0, start = first.cpu, tree.cpu_by_pid[me], time.monotonic()
     ok = out_bytes = 0
     for good, n in pool.map(_job, datas, [opts] * len(datas), chunksize=4):
         ok += good
         out_bytes += n
     wall = time.monotonic() - start
     cpu = tree.sample().cpu - cpu0
+    parent_cpu = tree.cpu_by_pid[me] - parent0
     pool.shutdown()
     result = {
         "rows": len(urls),
@@ -60,6 +63,7 @@ def main() -> None:
         "ok": ok,
         "wall": wall,
         "cpu": cpu,
+        "parent_cpu": parent_cpu,
         "out_bytes": out_bytes,
     }
     with open(args.result, "w") as fh:

@@ -95,6 +95,7 @@ class Result:
     ok: int
     wall: float
     cpu: float
+    parent_cpu: float
     peak_rss: int
     peak_pss: int
     out_bytes: int
@@ -109,6 +110,10 @@ class Result:
     @property
     def cpu_ms(self) -> float | None:
         return 1000 * self.cpu / self.ok if self.ok else None
+
+    @property
+    def parent_cpu_ms(self) -> float | None:
+        return 1000 * self.parent_cpu / self.ok if self.ok else None
 
 
 def _dir_bytes(path: Path) -> int:
@@ -135,6 +140,7 @@ def _from_measurement(wl: Workload, runner: str, m: Measurement, ok: int, out_by
         ok=ok,
         wall=m.wall,
         cpu=m.cpu,
+        parent_cpu=m.root_cpu,
         peak_rss=m.peak_rss,
         peak_pss=m.peak_pss,
         out_bytes=out_bytes,
@@ -149,7 +155,7 @@ def run_fetcher(wl: Workload, urls: Path, out: Path, profile: Path | None = None
     cmd += ["--allow-private-networks", "--image-size", str(wl.image_size)]
     if profile is not None:
         spy = Path(sys.executable).parent / "py-spy"
-        cmd = [str(spy), "record", "--format", "raw", "--rate", "50", "-o", str(profile), "--", *cmd]
+        cmd = [str(spy), "record", "--format", "raw", "--rate", "100", "--gil", "-o", str(profile), "--", *cmd]
     m = measure(cmd, env=_env(), cwd=str(ROOT))
     return _from_measurement(wl, "fetcher", m, _tar_images(out), _dir_bytes(out))
 
@@ -189,6 +195,7 @@ def run_imaging_limit(wl: Workload, urls: Path, out: Path) -> Result:
         # Its own timed window: the untimed download of the bytes into memory is left out.
         got = json.loads(res_path.read_text())
         r.ok, r.wall, r.cpu, r.out_bytes = got["ok"], got["wall"], got["cpu"], got["out_bytes"]
+        r.parent_cpu = got["parent_cpu"]
     return r
 
 
@@ -215,7 +222,8 @@ def tables(results: list[Result], quick: bool) -> list[Table]:
     load = os.getloadavg()
     main = Table(
         "peers: fetcher vs img2dataset vs seed-style baseline vs imaging limit (local farm, loopback)",
-        ["workload", "tool", "rows", "ok", "wall s", "images/s", "CPU ms/img", "peak RSS MB", "peak PSS MB",
+        ["workload", "tool", "rows", "ok", "wall s", "images/s", "CPU ms/img", "parent ms/img", "peak RSS MB",
+         "peak PSS MB",
          "out MB", "fetcher/this"],
     )  # fmt: skip
     by = {(r.workload, r.runner): r for r in results}
@@ -223,13 +231,15 @@ def tables(results: list[Result], quick: bool) -> list[Table]:
         f = by.get((r.workload, "fetcher"))
         rel = _ratio(f, r) if r.runner != "fetcher" else None
         main.add(
-            r.workload, r.runner, r.rows, r.ok, r.wall, r.rate, r.cpu_ms, _mb(r.peak_rss), _mb(r.peak_pss),
+            r.workload, r.runner, r.rows, r.ok, r.wall, r.rate, r.cpu_ms, r.parent_cpu_ms, _mb(r.peak_rss),
+            _mb(r.peak_pss),
             _mb(r.out_bytes), "" if rel is None else f"{rel:.2f}x",
         )  # fmt: skip
     main.notes += [
         f"{CORES} cores; the farm runs in its own process on the same cores (not charged, but competing).",
         "CPU = user+sys of the whole process tree; RSS summed over the tree (forked workers' shared pages"
-        " count once per process; PSS counts them once).",
+        " count once per process; PSS counts them once). parent = the command's own process alone"
+        " (fetcher: the asyncio loop that fetches and writes; imaging-limit: its pool's parent).",
         "imaging-limit: process_image alone on a pool of one worker per core, bytes already in memory;"
         " wall and CPU of the timed pool run only, RSS of the whole helper (it holds all the images).",
         "images/s = images in the output / wall time of the whole command (start-up included).",
@@ -298,7 +308,8 @@ def run(argv: list[str]) -> list[Table]:
                     shutil.rmtree(out, ignore_errors=True)
                     print(
                         f"peers: {wl.name}/{runner}: {res.ok}/{wl.rows} ok in {res.wall:.1f} s"
-                        f" = {res.rate:.1f} images/s, {res.cpu_ms or 0:.0f} CPU ms/img, peak RSS {_mb(res.peak_rss):.0f} MB"
+                        f" = {res.rate:.1f} images/s, {res.cpu_ms or 0:.1f} CPU ms/img"
+                        f" (parent {res.parent_cpu_ms or 0:.2f}), peak RSS {_mb(res.peak_rss):.0f} MB"
                         + (f" (exit {res.returncode})" if res.returncode else ""),
                         file=sys.stderr,
                         flush=True,
@@ -316,7 +327,7 @@ def run(argv: list[str]) -> list[Table]:
 def _save_runs(results: list[Result]) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / "peers-runs.json"
-    runs = [dict(vars(r), rate=r.rate, cpu_ms=r.cpu_ms) for r in results]
+    runs = [dict(vars(r), rate=r.rate, cpu_ms=r.cpu_ms, parent_cpu_ms=r.parent_cpu_ms) for r in results]
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(runs, indent=1, default=str))
     os.replace(tmp, path)

@@ -10,7 +10,6 @@ RSS (and PSS, which counts pages shared between forked workers once) over the li
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import threading
 import time
@@ -40,6 +39,7 @@ class Measurement:
     returncode: int
     wall: float
     cpu: float  # user+sys seconds of the whole tree
+    root_cpu: float  # user+sys seconds of the root process alone (the parent of a pipeline)
     peak_rss: int
     peak_pss: int
     samples: list[Sample] = field(default_factory=list)
@@ -154,11 +154,12 @@ def measure(
     reader = threading.Thread(target=lambda: stderr_chunks.append(proc.stderr.read() if proc.stderr else b""))
     reader.start()
     deadline = start + timeout
-    rusage = None
     while True:
-        pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            rusage, proc.returncode = ru, os.waitstatus_to_exitcode(status)
+        if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            # Exited but not reaped: its /proc entry still holds its final CPU times; read them first.
+            sampler.sample()
+            _, status, rusage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
             break
         if time.monotonic() > deadline:
             os.killpg(proc.pid, 9)
@@ -169,19 +170,15 @@ def measure(
     reader.join()
     out.close()
     sampled = sampler.samples
-    cpu = max(sum(sampler.cpu_by_pid.values()), (rusage.ru_utime + rusage.ru_stime) if rusage else 0.0)
+    cpu = max(sum(sampler.cpu_by_pid.values()), rusage.ru_utime + rusage.ru_stime)
     return Measurement(
         returncode=proc.returncode,
         wall=wall,
         cpu=cpu,
+        root_cpu=sampler.cpu_by_pid.get(proc.pid, 0.0),
         peak_rss=max((s.rss for s in sampled), default=0),
         peak_pss=max((s.pss for s in sampled), default=0),
         samples=sampled,
         stderr_tail=b"".join(stderr_chunks).decode("utf-8", "replace")[-3000:],
     )
 
-
-def self_cpu() -> float:
-    """User+sys seconds of this process and its waited-for children."""
-    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import os
 import tarfile
 import time
 from typing import Any
 
 from storage.atomic import TMP_SUFFIX, commit_tmp
+from storage.ustar import BLOCK, ustar_header
 
 
 class TarSink:
@@ -17,7 +17,7 @@ class TarSink:
     def __init__(self, path: str) -> None:
         self.path = path
         self.tmp = path + TMP_SUFFIX
-        self._fh = open(self.tmp, "wb")  # noqa: SIM115 - owned by this object
+        self._fh = open(self.tmp, "wb", buffering=1 << 20)  # noqa: SIM115 - owned by this object
         self._tar = tarfile.open(fileobj=self._fh, mode="w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
         self._mtime = int(time.time())
         self.bytes_written = 0
@@ -31,11 +31,13 @@ class TarSink:
     def add_sample(self, key: str, members: dict[str, bytes], res: Any = None) -> None:
         """Append the members of one sample (extension -> bytes), grouped under one key."""
         for ext, data in members.items():
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size = len(data)
-            info.mtime = self._mtime
-            info.mode = 0o644
-            self._tar.addfile(info, io.BytesIO(data))
+            # Written straight to the file; tarfile's offset is kept right so its close() ends the archive.
+            pad = -len(data) % BLOCK
+            self._fh.write(ustar_header(f"{key}.{ext}", len(data), self._mtime))
+            self._fh.write(data)
+            if pad:
+                self._fh.write(b"\0" * pad)
+            self._tar.offset += BLOCK + len(data) + pad
             self.bytes_written += len(data)
         self.samples += 1
 

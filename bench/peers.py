@@ -288,7 +288,9 @@ def run(argv: list[str]) -> list[Table]:
     flags = parse_flags(argv)
     selected = [w for w in workloads(flags.quick, flags.scale) if not flags.workloads or w.name in flags.workloads]
     if flags.profile:
-        selected, flags.runners = [w for w in selected if w.name.startswith("laion")], ["fetcher"]
+        flags.runners = ["fetcher"]
+        if not flags.workloads:
+            selected = [w for w in selected if w.name.startswith("laion")]
     results: list[Result] = []
     work = Path(tempfile.mkdtemp(prefix="bench-peers-"))
     try:

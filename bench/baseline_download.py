@@ -22,7 +22,7 @@ def resize_short_side(img: Image.Image, size: int) -> Image.Image:
     img = img.convert("RGB")
     w, h = img.size
     k = size / min(w, h)
-    return img.resize((max(1, round(w * k)), max(1, round(h * k))), resample=Image.LANCZOS)
+    return img.resize((max(1, round(w * k)), max(1, round(h * k))), resample=Image.Resampling.LANCZOS)
 
 
 def main() -> None:

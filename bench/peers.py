@@ -268,7 +268,9 @@ def tables(results: list[Result], quick: bool) -> list[Table]:
 
 
 def _rss_table(rss: list[Result]) -> Table:
-    t = Table("peers: RSS of the process tree over the 50k-row run (MB)", ["tool", *[f"{p}%" for p in range(0, 101, 10)]])
+    t = Table(
+        "peers: RSS of the process tree over the 50k-row run (MB)", ["tool", *[f"{p}%" for p in range(0, 101, 10)]]
+    )
     for r in rss:
         tl = r.timeline
         if not tl:
@@ -333,4 +335,3 @@ def _save_runs(results: list[Result]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(runs, indent=1, default=str))
     os.replace(tmp, path)
-

@@ -181,4 +181,3 @@ def measure(
         samples=sampled,
         stderr_tail=b"".join(stderr_chunks).decode("utf-8", "replace")[-3000:],
     )
-

@@ -30,7 +30,9 @@ def test_header_matches_tarfile(name: str, size: int, mtime: int) -> None:
 
 
 def test_tarsink_archive_is_what_tarfile_writes(tmp_path: Path) -> None:
-    samples = {f"{i:09d}": {"jpg": bytes([i % 256]) * (i * 37 % 1500), "txt": f"caption {i}".encode()} for i in range(50)}
+    samples = {
+        f"{i:09d}": {"jpg": bytes([i % 256]) * (i * 37 % 1500), "txt": f"caption {i}".encode()} for i in range(50)
+    }
     sink = TarSink(str(tmp_path / "fast.tar"))
     sink._mtime = 1_700_000_000
     for key, members in samples.items():

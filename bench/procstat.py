@@ -103,8 +103,8 @@ class TreeSampler:
         self._stop.set()
         self._thread.join()
 
-    def sample(self) -> Sample:
-        """Walk /proc once and record the tree's totals."""
+    def sample(self, record: bool = True) -> Sample:
+        """Walk /proc once and return the tree's totals (kept in ``samples`` when ``record``)."""
         table: dict[int, tuple[int, float, int]] = {}
         for name in os.listdir("/proc"):
             if name.isdigit():
@@ -127,7 +127,8 @@ class TreeSampler:
             rss += r
             pss += _pss(pid)
         s = Sample(time.monotonic() - self._t0, len(tree), rss, pss, sum(self.cpu_by_pid.values()))
-        self.samples.append(s)
+        if record:
+            self.samples.append(s)
         return s
 
     def _loop(self) -> None:
@@ -156,8 +157,9 @@ def measure(
     deadline = start + timeout
     while True:
         if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-            # Exited but not reaped: its /proc entry still holds its final CPU times; read them first.
-            sampler.sample()
+            # Exited but not reaped: its /proc entry still holds its final CPU times; read them first
+            # (not as a memory sample: a zombie has no RSS).
+            sampler.sample(record=False)
             _, status, rusage = os.wait4(proc.pid, 0)
             proc.returncode = os.waitstatus_to_exitcode(status)
             break

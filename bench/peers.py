@@ -155,6 +155,8 @@ def run_fetcher(wl: Workload, urls: Path, out: Path, profile: Path | None = None
     cmd += ["--allow-private-networks", "--image-size", str(wl.image_size)]
     if profile is not None:
         spy = Path(sys.executable).parent / "py-spy"
+        if not spy.exists():
+            raise SystemExit(f"peers --profile: {spy} is missing; run make install (py-spy is in the dev extra)")
         cmd = [str(spy), "record", "--format", "raw", "--rate", "100", "--gil", "-o", str(profile), "--", *cmd]
     m = measure(cmd, env=_env(), cwd=str(ROOT))
     return _from_measurement(wl, "fetcher", m, _tar_images(out), _dir_bytes(out))

@@ -52,8 +52,8 @@ def workloads(quick: bool, scale: float) -> list[Workload]:
     return [
         Workload("laion-256", LAION_SIZES, 256, n(2000, 200), variants=6, fault_every=40),
         Workload("laion-1024", LAION_SIZES, 1024, n(800, 120), variants=6, fault_every=40),
-        Workload("photos-1024", PHOTO_SIZES, 1024, n(80, 16), variants=3),
-        Workload("photos-512", PHOTO_SIZES, 512, n(80, 16), variants=3),
+        Workload("photos-1024", PHOTO_SIZES, 1024, n(120, 16), variants=3),
+        Workload("photos-512", PHOTO_SIZES, 512, n(120, 16), variants=3),
         Workload("rss-50k", SMALL_SIZES, 128, n(50_000, 3000), variants=8, fault_every=100),
     ]
 

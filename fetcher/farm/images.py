@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 import struct
 import zlib
 from functools import lru_cache
@@ -10,12 +11,25 @@ from functools import lru_cache
 from PIL import Image
 
 
+def _noise(size: tuple[int, int], sigma: float, key: tuple[int, ...]) -> Image.Image:
+    """Seeded noise around 128 with standard deviation ``sigma``.
+
+    Image.effect_noise draws from the C library's rand(), so images would differ between
+    processes; tests and benchmarks need the same bytes for the same parameters everywhere.
+    """
+    w, h = size
+    raw = random.Random(repr(key)).randbytes(w * h)
+    scale = sigma / 73.9  # standard deviation of uniform bytes
+    lut = [max(0, min(255, round(128 + (i - 127.5) * scale))) for i in range(256)]
+    return Image.frombytes("L", size, raw).point(lut)
+
+
 @lru_cache(maxsize=16)
 def _base(w: int, h: int, seed: int) -> Image.Image:
     # Gradients plus noise: compresses like a photo (not like a flat colour), costs little to make.
     r = Image.linear_gradient("L").resize((w, h))
     g = Image.radial_gradient("L").resize((w, h))
-    noise = Image.effect_noise((w, h), 24 + seed % 16)
+    noise = _noise((w, h), 24 + seed % 16, (w, h, seed))
     b = Image.blend(r.rotate(90 * (seed % 4)).resize((w, h)), noise, 0.5)
     return Image.merge("RGB", (Image.blend(r, noise, 0.25), g, b))
 
@@ -29,7 +43,11 @@ def _photo(w: int, h: int, seed: int) -> Image.Image:
         sw, sh = max(2, w // div), max(2, h // div)
         sigma = 60 - 12 * i + seed % 7
         layer = Image.merge(
-            "RGB", [Image.effect_noise((sw, sh), sigma).resize((w, h), Image.Resampling.BICUBIC) for _ in range(3)]
+            "RGB",
+            [
+                _noise((sw, sh), sigma, (w, h, seed, i, band)).resize((w, h), Image.Resampling.BICUBIC)
+                for band in range(3)
+            ],
         )
         out = layer if out is None else Image.blend(out, layer, (0.3, 0.3, 0.45)[i - 1])
     assert out is not None

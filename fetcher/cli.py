@@ -10,6 +10,7 @@ import json
 import sys
 
 from fetcher.config import load_config
+from fetcher.lifecycle import RunAborted
 from fetcher.options import ConfigError
 
 
@@ -29,10 +30,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from fetcher.pipeline import run
 
-        run(cfg)
+        return run(cfg).exit_code
     except ConfigError as exc:
         print(f"fetcher: error: {exc}", file=sys.stderr)
         return 2
+    except RunAborted as exc:
+        print(f"fetcher: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("fetcher: interrupted; incomplete tars will be redone on the next run", file=sys.stderr)
         return 130

@@ -17,6 +17,7 @@ from typing import NoReturn
 from fetcher import __version__
 from fetcher.http import HttpOptions
 from fetcher.imaging import ImageOptions
+from fetcher.lifecycle import DurabilityOptions
 from fetcher.metrics import MonitorOptions
 from fetcher.options import ConfigError, add_arguments, apply_defaults, build, env_values, opt
 from fetcher.reader import InputOptions
@@ -108,6 +109,7 @@ OPTION_CLASSES: list[type] = [
     SchedulerOptions,
     ImageOptions,
     MonitorOptions,
+    DurabilityOptions,
 ]
 _TITLES = {
     RunOptions: "run",
@@ -117,6 +119,7 @@ _TITLES = {
     SchedulerOptions: "scheduling",
     ImageOptions: "imaging",
     MonitorOptions: "monitoring",
+    DurabilityOptions: "durability",
 }
 
 
@@ -131,9 +134,19 @@ class Config:
     scheduler: SchedulerOptions
     imaging: ImageOptions
     monitor: MonitorOptions
+    durability: DurabilityOptions
 
     def validate(self) -> None:
-        for part in (self.run, self.input, self.output, self.http, self.scheduler, self.imaging, self.monitor):
+        for part in (
+            self.run,
+            self.input,
+            self.output,
+            self.http,
+            self.scheduler,
+            self.imaging,
+            self.monitor,
+            self.durability,
+        ):
             part.validate()
 
 
@@ -182,6 +195,7 @@ def load_config(argv: list[str] | None = None) -> Config:
         scheduler=build(SchedulerOptions, ns),
         imaging=build(ImageOptions, ns),
         monitor=build(MonitorOptions, ns),
+        durability=build(DurabilityOptions, ns),
     )
     cfg.validate()
     return cfg

@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from fetcher import __version__
-from fetcher.netguard import NetPolicy, UrlRefused
+from fetcher.netguard import NetPolicy, UrlRefused, parse_networks
 from fetcher.options import ConfigError, opt
 from fetcher.records import FetchOutcome, Reason, reason_for_http_status
 
@@ -41,6 +41,12 @@ class HttpOptions:
     allow_private_networks: bool = opt(
         "--allow-private-networks", False, "allow loopback/private/link-local targets (tests, local hosts)"
     )
+    allow_network: list[str] = opt(  # noqa: RUF009 - opt() gives a list a default_factory
+        "--allow-network",
+        [],
+        "allow only these otherwise refused networks (CIDR, repeatable or comma-separated)",
+        metavar="CIDR",
+    )
     respect_robots_tag: bool = opt(
         "--respect-robots-tag", True, "skip images whose X-Robots-Tag says noai/noimageai/noindex/noimageindex"
     )
@@ -53,6 +59,10 @@ class HttpOptions:
             raise ConfigError("--max-body-bytes must be at least 1024")
         if self.max_redirects < 0:
             raise ConfigError("--max-redirects must be >= 0")
+        try:
+            parse_networks(self.allow_network)
+        except ValueError as exc:
+            raise ConfigError(f"--allow-network: {exc}") from None
 
     @property
     def full_user_agent(self) -> str:
@@ -114,7 +124,7 @@ class HttpClient:
 
     def __init__(self, opts: HttpOptions) -> None:
         self.opts = opts
-        self.policy = NetPolicy(allow_private=opts.allow_private_networks)
+        self.policy = NetPolicy(allow_private=opts.allow_private_networks, allowed=parse_networks(opts.allow_network))
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> HttpClient:

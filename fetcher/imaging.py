@@ -265,6 +265,8 @@ def process_image(data: bytes, opts: ImageOptions, expected_hash: str | None = N
     start = time.process_time()
     try:
         out = _process(data, opts, expected_hash)
+    except MemoryError:
+        raise  # the worker pool names it (--worker-max-memory); the worker itself is fine
     except Exception as exc:
         # A codec bug on some hostile file must cost that row only: an exception escaping to the
         # pool would leave the row without a result and its tar never finished.

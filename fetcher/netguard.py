@@ -59,11 +59,30 @@ def address_problem(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | 
     return None
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(texts: list[str]) -> tuple[Network, ...]:
+    """CIDRs (or bare addresses) from ``--allow-network``; raises ValueError naming a bad one."""
+    out: list[Network] = []
+    for text in texts:
+        try:
+            out.append(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{text!r} is not an address or CIDR network") from None
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class NetPolicy:
-    """The address policy of one run."""
+    """The address policy of one run.
+
+    ``allow_private`` lifts the address checks entirely; ``allowed`` lifts them only for the listed
+    networks, so tests can reach one loopback address while every other blocked range stays blocked.
+    """
 
     allow_private: bool = False
+    allowed: tuple[Network, ...] = ()
 
     def check_url(self, url: object) -> str:
         """Return the URL as text when it may be fetched; raise UrlRefused otherwise.
@@ -95,7 +114,12 @@ class NetPolicy:
         try:
             ip = ipaddress.ip_address(host.strip("[]"))
         except ValueError:
-            if not self.allow_private and host.lower().rstrip(".") in ("localhost", "localhost.localdomain"):
+            # A shortcut for the obvious name; with an allowlist the resolver's answer decides.
+            if (
+                not self.allow_private
+                and not self.allowed
+                and host.lower().rstrip(".") in ("localhost", "localhost.localdomain")
+            ):
                 raise UrlRefused(Reason.BLOCKED_ADDRESS, f"host {host} is loopback") from None
             return
         self.check_address(ip, host)
@@ -103,6 +127,10 @@ class NetPolicy:
     def check_address(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, host: str) -> None:
         """Refuse a concrete (literal or resolved) address in a blocked range."""
         if self.allow_private:
+            return
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if any(ip.version == net.version and ip in net for net in self.allowed):
             return
         problem = address_problem(ip)
         if problem:

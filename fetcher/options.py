@@ -74,6 +74,11 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
+def split_csv(text: str) -> list[str]:
+    """``a,b , c`` -> ``["a", "b", "c"]``."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
     """Add every flag declared on ``cls`` to ``parser`` under a help group named ``title``."""
     group = parser.add_argument_group(title)
@@ -88,6 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, title: str) -> Non
         if isinstance(default, bool):
             # `--flag` alone means true; `--flag=false` is accepted for img2dataset-style scripts.
             kwargs.update(nargs="?", const=True, type=parse_bool, metavar="BOOL")
+        elif isinstance(default, list):
+            # Repeatable, and each value may itself be a comma-separated list.
+            kwargs.update(action="extend", type=split_csv, metavar=meta["metavar"])
         else:
             if meta["type"] is not None:
                 kwargs["type"] = meta["type"]
@@ -122,6 +130,8 @@ def apply_defaults(
 
 def _convert(cls: type, f: dataclasses.Field[Any], value: Any, origin: str, key: str) -> Any:
     default = field_default(f)
+    if isinstance(default, list) and isinstance(value, str):
+        return split_csv(value)
     if not isinstance(value, str):
         return value
     try:

@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from fetcher.inputs import FORMATS, Source, discover, format_of, normalize_format, open_source, read_tables
+from fetcher.lifecycle import RunAborted
 from fetcher.options import ConfigError, opt
 from fetcher.records import InputRow, Reason
 from fetcher.rowfilter import RowFilter, parse_filter
@@ -168,18 +169,36 @@ def make_key(tar_index: int, row_in_tar: int, width: int) -> str:
     return f"{tar_index:05d}{row_in_tar:0{width}d}"
 
 
+class InputDataError(RunAborted):
+    """An input file's data (not its footer) is unreadable: a file-level problem, one line, exit 2."""
+
+    exit_code = 2
+
+
 def iter_rows(
     files: list[InputFile], plan: TarPlan, opts: InputOptions, samples_per_tar: int, hash_col: str = ""
 ) -> Iterator[InputRow]:
     """Stream the rows of one tar, reading only what overlaps it (whole row groups for parquet).
 
     Rows the ``--filter`` rejects, and rows whose ``--key-col`` value is empty or repeats within the
-    tar, come out with ``skip_reason`` set: they are recorded, never fetched.
+    tar, come out with ``skip_reason`` set: they are recorded, never fetched. Raises InputDataError
+    naming the file when its data (past the metadata checked at start) is unreadable.
     """
+    current = [""]
+    try:
+        yield from _iter_rows(files, plan, opts, samples_per_tar, hash_col, current)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputDataError(f"{current[0]}: unreadable data near rows {plan.start}-{plan.stop - 1}: {exc}") from None
+
+
+def _iter_rows(
+    files: list[InputFile], plan: TarPlan, opts: InputOptions, samples_per_tar: int, hash_col: str, current: list[str]
+) -> Iterator[InputRow]:
     width = key_width(samples_per_tar)
     row_filter = opts.row_filter
     keys_seen: set[str] = set()
     for f in files:
+        current[0] = f.path
         lo = max(plan.start, f.offset)
         hi = min(plan.stop, f.offset + f.num_rows)
         if lo >= hi:
@@ -215,7 +234,7 @@ def _input_row(tar: int, r: int, key: str, rec: dict[str, Any], opts: InputOptio
     caption = _caption(rec.get(opts.caption_col)) if opts.caption_col else None
     if not caption and opts.fallback_caption_col:
         caption = _caption(rec.get(opts.fallback_caption_col)) or caption
-    url = rec.get(opts.url_col)
+    url = _url(rec.get(opts.url_col))
     return InputRow(
         tar_index=tar,
         row_in_tar=r,
@@ -257,11 +276,23 @@ def _expected_hash(value: object) -> str | None:
     return text or None
 
 
+def _url(value: object) -> object:
+    # Binary URL columns are common; undecodable bytes stay bytes and fail as invalid_url.
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value
+    return value
+
+
 def _caption(value: object) -> str | None:
     if value is None:
         return None
     if isinstance(value, list | tuple):  # e.g. a list of tags as the fallback caption
         value = ", ".join(str(v) for v in value if v is not None)
+    if isinstance(value, bytes):  # binary caption columns: invalid UTF-8 must not end the run
+        value = value.decode("utf-8", "replace")
     text = value if isinstance(value, str) else str(value)
     # NUL bytes break some caption readers; everything else is kept verbatim.
     return text.replace("\x00", "")

@@ -26,6 +26,7 @@ class RunStats:
     by_reason: Counter[str] = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
+    exit_code: int = 0  # 130/143 after a stop signal
 
     def record(self, res: SampleResult) -> None:
         """Count one final row result."""

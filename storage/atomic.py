@@ -35,7 +35,8 @@ def atomic_file(path: str) -> Iterator[BinaryIO]:
         os.replace(tmp, path)
         fsync_dir(os.path.dirname(os.path.abspath(path)))
     except BaseException:
-        fh.close()
+        with contextlib.suppress(OSError):  # closing flushes, which fails again on a full disk
+            fh.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise

@@ -104,7 +104,7 @@ class Output:
                 removed.append(name)
         return removed
 
-    def new_writer(self, index: int, expected: int) -> ShardWriter:
+    def new_writer(self, index: int, expected: int, replace: bool = False) -> ShardWriter:
         """The writer of tar ``index``; its commit publishes tar, parquet and marker, in that order."""
         files = ShardFiles(self.local_root, index)
         sink: SampleSink
@@ -114,7 +114,9 @@ class Output:
             sink = ParquetSink(files)
         else:
             sink = TarSink(files.tar)
-        return ShardWriter(files, expected, self.save_columns, self.hash_column, sink=sink, publish=self._publish)
+        return ShardWriter(
+            files, expected, self.save_columns, self.hash_column, sink=sink, publish=self._publish, replace=replace
+        )
 
     def _publish(self, paths: list[str]) -> None:
         for path in paths:

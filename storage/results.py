@@ -65,8 +65,9 @@ def _record(res: SampleResult) -> dict[str, Any]:
         "status": res.status.value,
         "error_message": res.reason.value if res.reason else None,
         "error_detail": res.detail or None,
-        "width": img.width if img and img.ok else None,
-        "height": img.height if img and img.ok else None,
+        # not img.ok: the pixels have already moved into the tar (data is None) when this runs
+        "width": img.width if img and img.reason is None else None,
+        "height": img.height if img and img.reason is None else None,
         "original_width": img.original_width if img else None,
         "original_height": img.original_height if img else None,
         "sha256": img.hash if img else None,

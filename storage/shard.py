@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from fetcher.records import SampleResult, Status
-from storage.atomic import write_bytes
+from storage.atomic import TMP_SUFFIX, fsync_dir, write_bytes
 from storage.layout import ShardFiles
 from storage.results import sample_json, write_results
 from storage.sinks import SampleSink
@@ -35,24 +37,37 @@ class ShardWriter:
         hash_column: str | None = "sha256",
         sink: SampleSink | None = None,
         publish: Publisher | None = None,
+        replace: bool = False,
     ) -> None:
         self.files = files
         self.expected = expected
         self.save_columns = save_columns
         self.hash_column = hash_column
+        self.replace = replace  # rewriting a finished tar (--retry-failed): see _commit_replacement
         self.results: list[SampleResult] = []
         self.sink: SampleSink = sink if sink is not None else TarSink(files.tar)
         self.publish = publish
+        self.done_rows: set[int] = set()
         self.started = time.time()
+        self.last_progress = time.monotonic()
         self.reading_done = False
+        self._committed = False
 
     @property
     def complete(self) -> bool:
         """Every input row of this tar has a final result."""
         return self.reading_done and len(self.results) == self.expected
 
-    def add(self, res: SampleResult) -> None:
-        """Record a final result; successful samples go into the tar right away."""
+    def add(self, res: SampleResult) -> bool:
+        """Record a final result; successful samples go into the tar right away.
+
+        Returns False (and ignores it) for a second result of the same row: a row the watchdog
+        already failed may still finish late, and it must not appear twice.
+        """
+        if res.row.row_in_tar in self.done_rows:
+            return False
+        self.done_rows.add(res.row.row_in_tar)
+        self.last_progress = time.monotonic()
         img = res.image
         if res.status is Status.SUCCESS and img is not None and img.data is not None:
             caption = (res.row.caption or "").encode("utf-8", "replace")
@@ -61,6 +76,16 @@ class ShardWriter:
                 res.row.key, {img.ext: img.data, "txt": caption, "json": sample_json(res, self.hash_column)}, res
             )
             img.data = None  # the bytes live in the tar now; keep memory flat
+        self.results.append(res)
+        return True
+
+    def add_existing(self, res: SampleResult, members: dict[str, bytes]) -> None:
+        """Carry over a sample of the tar being replaced, members copied verbatim."""
+        if res.row.row_in_tar in self.done_rows:
+            raise ValueError(f"row {res.row.key} carried over twice")
+        self.done_rows.add(res.row.row_in_tar)
+        if members:
+            self.sink.add_sample(res.row.key, members)
         self.results.append(res)
 
     def stats(self) -> dict[str, Any]:
@@ -83,7 +108,10 @@ class ShardWriter:
 
     def finalize(self) -> dict[str, Any]:
         """Commit tar, results parquet and stats marker, in that order (blocking: run in a thread)."""
+        if self.replace:
+            return self._commit_replacement()
         self.sink.commit()
+        self._committed = True
         write_results(self.files.parquet, self.results, self.save_columns, self.hash_column)
         stats = self.stats()
         write_bytes(self.files.stats, json.dumps(stats, indent=1).encode())
@@ -91,6 +119,31 @@ class ShardWriter:
             self.publish([*self.sink.outputs, self.files.parquet, self.files.stats])
         return stats
 
+    def _commit_replacement(self) -> dict[str, Any]:
+        # Both new files are complete on disk (as .tmp) before the old marker goes; only then are
+        # they renamed over the old pair and a new marker written. A crash in that short window
+        # leaves a tar without marker, which the next run redoes from scratch: no row is lost or
+        # duplicated, at worst re-downloaded.
+        assert isinstance(self.sink, TarSink), "--retry-failed rewrites webdataset tars only"
+        self.sink.finish()
+        new_parquet = self.files.parquet + TMP_SUFFIX
+        write_results(new_parquet, self.results, self.save_columns, self.hash_column)
+        stats = self.stats()
+        os.unlink(self.files.stats)
+        fsync_dir(self.files.root)
+        self._committed = True
+        os.replace(self.sink.tmp, self.files.tar)
+        os.replace(new_parquet, self.files.parquet)
+        fsync_dir(self.files.root)
+        write_bytes(self.files.stats, json.dumps(stats, indent=1).encode())
+        if self.publish is not None:  # dataset indexes (wids-index.json) follow the new sample count
+            self.publish([self.files.tar, self.files.parquet, self.files.stats])
+        return stats
+
     def abort(self) -> None:
-        """Drop everything written so far for this tar."""
+        """Drop everything written so far for this tar (a committed tar without marker, too)."""
         self.sink.abort()
+        if self._committed and not self.files.is_complete():
+            for path in (self.files.tar, self.files.parquet):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)

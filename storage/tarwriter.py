@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tarfile
 import time
@@ -41,6 +42,13 @@ class TarSink:
             self.bytes_written += len(data)
         self.samples += 1
 
+    def finish(self) -> None:
+        """Finish the archive and make the ``.tmp`` file durable, without renaming it."""
+        self._tar.close()
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+
     def commit(self) -> None:
         """Finish the archive, fsync and rename it into place."""
         self._tar.close()
@@ -48,10 +56,12 @@ class TarSink:
         commit_tmp(self.tmp, self.path)
 
     def abort(self) -> None:
-        """Drop the partial archive."""
+        """Drop the partial archive (closing may itself fail on a full disk; the file goes anyway)."""
         try:
-            self._tar.close()
+            with contextlib.suppress(OSError):
+                self._tar.close()
         finally:
-            self._fh.close()
+            with contextlib.suppress(OSError):
+                self._fh.close()
             if os.path.exists(self.tmp):
                 os.unlink(self.tmp)

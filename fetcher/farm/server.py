@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import io
 import ipaddress
 import threading
 import time
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from PIL import Image
 
 from fetcher.farm.images import CATALOGUE, CONTENT_TYPES, catalogue_image, make_image
 
@@ -175,9 +177,41 @@ _BOMB: list[bytes] = []
 
 
 async def gzip_bomb(request: web.Request) -> web.Response:
-    if not _BOMB:
-        _BOMB.append(gzip.compress(b"\0" * (256 * 2**20), compresslevel=9))
+    if not _BOMB:  # built once, off the loop: compressing 256 MiB takes seconds and would stall every host
+        _BOMB.append(await asyncio.to_thread(gzip.compress, b"\0" * (256 * 2**20), compresslevel=9))
     return web.Response(body=_BOMB[0], headers={"Content-Type": "image/jpeg", "Content-Encoding": "gzip"})
+
+
+async def flaky(request: web.Request) -> web.Response:
+    """/flaky/{n}/{name}: 503 for the first n requests of this exact path and query, then the image."""
+    state: FarmState = request.app[STATE]
+    seen = sum(1 for a in state.arrivals if a.path == request.path_qs)  # includes this one
+    if seen <= int(request.match_info["n"]):
+        return web.Response(status=503, text="try later")
+    data, name = _catalogue(request)
+    return _image_response(data, name)
+
+
+async def cut(request: web.Request) -> web.Response:
+    """/cut/{name}: the first half of an image, delivered completely (a truncated file, not a truncated body)."""
+    data, name = _catalogue(request)
+    return _image_response(data[: len(data) // 2], name)
+
+
+def _pixel_bomb(w: int, h: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("1", (w, h)).save(buf, "PNG")  # one bit per pixel, all zero: tiny file, huge decode
+    return buf.getvalue()
+
+
+async def pixel_bomb(request: web.Request) -> web.Response:
+    """/pixel-bomb/{w}x{h}.png: a few KB of PNG that decodes to w*h pixels."""
+    state: FarmState = request.app[STATE]
+    w, h = int(request.match_info["w"]), int(request.match_info["h"])
+    key = ("bomb", w, h)
+    if key not in state.gen_cache:
+        state.gen_cache[key] = await asyncio.to_thread(_pixel_bomb, w, h)
+    return _image_response(state.gen_cache[key], "x.png")
 
 
 async def robots_noai(request: web.Request) -> web.Response:
@@ -214,6 +248,9 @@ def make_app(state: FarmState | None = None, extra_routes: Iterable[web.RouteDef
             web.get("/huge-length", huge_length),
             web.get("/gzip-bomb", gzip_bomb),
             web.get("/robots-noai/{name}", robots_noai),
+            web.get(r"/flaky/{n:\d+}/{name}", flaky),
+            web.get("/cut/{name}", cut),
+            web.get(r"/pixel-bomb/{w:\d+}x{h:\d+}.png", pixel_bomb),
             *extra_routes,
         ]
     )

@@ -113,6 +113,7 @@ class LiveSources:
     retries: Callable[[], int] = lambda: 0
     throttled: Callable[[], int] = lambda: 0
     breaker_openings: Callable[[], int] = lambda: 0
+    disk_paused: Callable[[], int] = lambda: 0
     output_dir: str = "."
 
 
@@ -222,6 +223,7 @@ class _LiveCollector(Collector):
             ("fetcher_start_time_seconds", "unix time the run started", m.started),
             ("fetcher_event_loop_lag_seconds", "lateness of a periodic event-loop timer", m.event_loop_lag),
             ("fetcher_disk_free_bytes", "free bytes on the output filesystem", free),
+            ("fetcher_disk_paused", "1 while work is paused below --min-free-disk", src.disk_paused()),
         )
         for gname, gdoc, gvalue in gauges:
             yield GaugeMetricFamily(gname, gdoc, value=gvalue)

@@ -104,6 +104,7 @@ class Pipeline:
         self.budget = ByteBudget(self.cfg.run.max_bytes_in_flight)
         self.monitor = Monitor(self.cfg.monitor, self.stats, self.cfg.run.shard_pair, plan.output.local_root)
         self.disk = DiskGuard(plan.output.local_root, self.cfg.durability)
+        self.monitor.metrics.sources.disk_paused = lambda: int(self.disk.paused)
         self.writers: dict[int, ShardWriter] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._finalizers: list[asyncio.Task[None]] = []

@@ -7,6 +7,7 @@ that disappears with the namespace, so nothing leaks onto the machine even if a 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,11 @@ from tests.conftest import ROOT, write_urls
 from tests.output_checks import check_output
 
 ROWS, PER_TAR = 60, 10
+# Reads a loopback /metrics page inside the namespace (no proxy, whatever the environment says).
+SCRAPE = shlex.quote(
+    "import sys, urllib.request as u; "
+    "print(u.build_opener(u.ProxyHandler({})).open(sys.argv[1], timeout=10).read().decode())"
+)
 
 
 def in_namespace(script: str, tmp: Path, size: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -88,7 +94,8 @@ def test_min_free_disk_exit_and_pause(farm: Farm, tmp_path: Path) -> None:
     # before-tar check sees the disk filling up (the periodic check may see it first).
     small = ["--image-size", "128", "--read-ahead", "1", "--concurrency", "2", "--disk-check-interval", "0.2"]
     exit_run = fetch_cmd(inp, *small, "--min-free-disk", "1950k", "--low-disk-action", "exit")
-    pause_run = fetch_cmd(inp, *small, "--min-free-disk", "300k", "--low-disk-action", "pause")
+    pause_run = fetch_cmd(inp, *small, "--min-free-disk", "300k", "--low-disk-action", "pause",
+                          "--metrics-address", "127.0.0.1:0")  # fmt: skip
     script = f"""
 {exit_run} 2>"$SAVE/err_exit"; echo $? >"$SAVE/rc_exit"
 cp -a "$MNT/out" "$SAVE/after_exit"
@@ -97,6 +104,8 @@ head -c $(( (avail - 150) * 1024 )) /dev/zero >"$MNT/filler"
 {pause_run} 2>"$SAVE/err_pause" & pid=$!
 sleep 3
 cp "$SAVE/err_pause" "$SAVE/err_while_paused"
+url=$(grep -o 'http://127.0.0.1:[0-9]*/metrics' "$SAVE/err_pause" | head -1)
+"$PY" -c {SCRAPE} "$url" >"$SAVE/metrics_while_paused"
 ls "$MNT/out" >"$SAVE/ls_while_paused"
 rm "$MNT/filler"
 wait $pid; echo $? >"$SAVE/rc_pause"
@@ -111,6 +120,7 @@ cp -a "$MNT/out" "$SAVE/final"
 
     paused_log = (saved / "err_while_paused").read_text()
     assert "disk low:" in paused_log and "paused until space is freed" in paused_log, paused_log
+    assert "fetcher_disk_paused 1.0" in (saved / "metrics_while_paused").read_text()
     markers_while_paused = [n for n in (saved / "ls_while_paused").read_text().split() if n.endswith("_stats.json")]
     assert len(markers_while_paused) == len(before_pause) // PER_TAR, "nothing new is finished while paused"
     exited(saved, "pause", 0)

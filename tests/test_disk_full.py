@@ -52,9 +52,9 @@ def exited(saved: Path, run: str, code: int) -> str:
     return err.strip().splitlines()[-1]
 
 
-def disk_urls(farm: Farm, tmp: Path) -> tuple[Path, list[str]]:
+def disk_urls(farm: Farm, tmp: Path, path: str = "/gen/640x480.jpg?variants=60") -> tuple[Path, list[str]]:
     tag = uuid.uuid4().hex[:8]
-    urls = [farm.url(f"/gen/640x480.jpg?seed={i}&variants=60&disk={tag}", i % 8) for i in range(ROWS)]
+    urls = [farm.url(f"{path}{'&' if '?' in path else '?'}seed={i}&disk={tag}", i % 8) for i in range(ROWS)]
     return write_urls(tmp / "urls.parquet", urls), urls
 
 
@@ -89,9 +89,8 @@ cp -a "$MNT/out" "$SAVE/final"
 
 
 def test_min_free_disk_exit_and_pause(farm: Farm, tmp_path: Path) -> None:
-    inp, urls = disk_urls(farm, tmp_path)
-    # Few rows read ahead and in flight: tar k is started only after most of tar k-1 is on disk, so the
-    # before-tar check sees the disk filling up (the periodic check may see it first).
+    # 100 ms per image, 2 at a time: the run lasts seconds, so the 0.2 s checks see the disk filling.
+    inp, urls = disk_urls(farm, tmp_path, "/slow/100/medium.jpg")
     small = ["--image-size", "128", "--read-ahead", "1", "--concurrency", "2", "--disk-check-interval", "0.2"]
     exit_run = fetch_cmd(inp, *small, "--min-free-disk", "1950k", "--low-disk-action", "exit")
     pause_run = fetch_cmd(inp, *small, "--min-free-disk", "300k", "--low-disk-action", "pause",

@@ -113,11 +113,7 @@ class ShardWriter:
         self.sink.commit()
         self._committed = True
         write_results(self.files.parquet, self.results, self.save_columns, self.hash_column)
-        stats = self.stats()
-        write_bytes(self.files.stats, json.dumps(stats, indent=1).encode())
-        if self.publish is not None:
-            self.publish([*self.sink.outputs, self.files.parquet, self.files.stats])
-        return stats
+        return self._mark_complete(self.stats(), [*self.sink.outputs, self.files.parquet])
 
     def _commit_replacement(self) -> dict[str, Any]:
         # Both new files are complete on disk (as .tmp) before the old marker goes; only then are
@@ -135,9 +131,13 @@ class ShardWriter:
         os.replace(self.sink.tmp, self.files.tar)
         os.replace(new_parquet, self.files.parquet)
         fsync_dir(self.files.root)
+        return self._mark_complete(stats, [self.files.tar, self.files.parquet])
+
+    def _mark_complete(self, stats: dict[str, Any], committed: list[str]) -> dict[str, Any]:
+        """Write the stats marker last, then tell the dataset indexes (wids-index.json) about the tar."""
         write_bytes(self.files.stats, json.dumps(stats, indent=1).encode())
-        if self.publish is not None:  # dataset indexes (wids-index.json) follow the new sample count
-            self.publish([self.files.tar, self.files.parquet, self.files.stats])
+        if self.publish is not None:
+            self.publish([*committed, self.files.stats])
         return stats
 
     def abort(self) -> None:

@@ -42,6 +42,18 @@ class SampleSink(Protocol):
     def abort(self) -> None: ...
 
 
+def sample_fields(key: str, members: dict[str, bytes], res: SampleResult | None) -> dict[str, Any]:
+    """Key, URL, final size and image extension of one sample (``res`` is None for carried-over samples)."""
+    img = res.image if res is not None else None
+    return {
+        "key": key,
+        "url": res.row.url if res is not None and isinstance(res.row.url, str) else None,
+        "width": img.width if img else None,
+        "height": img.height if img else None,
+        "ext": next(ext for ext in members if ext not in ("txt", "json")),
+    }
+
+
 def _typed_column(values: list[Any]) -> pa.Array:
     try:
         return pa.array(values)
@@ -91,15 +103,14 @@ class FilesSink:
             self.written.append(name)
             self.bytes_written += len(data)
         self.samples += 1
-        image_ext = next(ext for ext in members if ext not in ("txt", "json"))
-        img = res.image if res is not None else None
+        fields = sample_fields(key, members, res)
         row = {
-            "filename": f"{os.path.basename(self.files.folder)}/{key}.{image_ext}",
+            "filename": f"{os.path.basename(self.files.folder)}/{key}.{fields['ext']}",
             "caption": res.row.caption if res is not None else None,
-            "width": img.width if img else None,
-            "height": img.height if img else None,
+            "width": fields["width"],
+            "height": fields["height"],
             "key": key,
-            "url": res.row.url if res is not None and isinstance(res.row.url, str) else None,
+            "url": fields["url"],
         }
         if res is not None:
             row.update({c: res.row.extra.get(c) for c in self.save_columns})
@@ -153,17 +164,12 @@ class ParquetSink:
         return [self.path]
 
     def add_sample(self, key: str, members: dict[str, bytes], res: SampleResult | None = None) -> None:
-        ext = next(e for e in members if e not in ("txt", "json"))
-        img = res.image if res is not None else None
+        fields = sample_fields(key, members, res)
         self._buf.append(
             {
-                "key": key,
-                "url": res.row.url if res is not None and isinstance(res.row.url, str) else None,
+                **fields,
                 "caption": members.get("txt", b"").decode("utf-8", "replace"),
-                "width": img.width if img else None,
-                "height": img.height if img else None,
-                "ext": ext,
-                "image": members[ext],
+                "image": members[fields["ext"]],
                 "json": members.get("json", b"{}").decode("utf-8", "replace"),
             }
         )

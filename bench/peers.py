@@ -150,9 +150,16 @@ def _from_measurement(wl: Workload, runner: str, m: Measurement, ok: int, out_by
     )
 
 
-def run_fetcher(wl: Workload, urls: Path, out: Path, profile: Path | None = None) -> Result:
+def run_fetcher(
+    wl: Workload, urls: Path, out: Path, profile: Path | None = None, processes: int = 0, user_flags: bool = False
+) -> Result:
+    """``python -m fetcher`` on the workload; ``user_flags``: seed 003's --resize-only-if-bigger --skip-reencode."""
     cmd = [sys.executable, "-m", "fetcher", "--input", str(urls), "--output", str(out)]
     cmd += ["--allow-private-networks", "--image-size", str(wl.image_size)]
+    if processes:
+        cmd += ["--processes", str(processes)]
+    if user_flags:
+        cmd += ["--resize-only-if-bigger", "--skip-reencode"]
     if profile is not None:
         spy = Path(sys.executable).parent / "py-spy"
         if not spy.exists():
@@ -162,17 +169,21 @@ def run_fetcher(wl: Workload, urls: Path, out: Path, profile: Path | None = None
     return _from_measurement(wl, "fetcher", m, _tar_images(out), _dir_bytes(out))
 
 
-def run_img2dataset(wl: Workload, urls: Path, out: Path) -> Result:
+def run_img2dataset(wl: Workload, urls: Path, out: Path, processes: int = 0, user_flags: bool = False) -> Result:
+    """img2dataset on the workload, ``processes`` (default: cores) x 64 threads, same flags as fetcher."""
+    procs = processes or CORES
     # Several shards per process, so one slow shard does not leave a core idle at the end.
-    per_shard = max(1, -(-wl.rows // (4 * CORES)))
+    per_shard = max(1, -(-wl.rows // (4 * procs)))
     cmd = [
         img2dataset_bin(), "--url_list", str(urls), "--input_format", "parquet",
         "--url_col", "url", "--caption_col", "caption", "--output_format", "webdataset",
         "--output_folder", str(out), "--image_size", str(wl.image_size), "--resize_mode", "keep_ratio",
-        "--encode_format", "jpg", "--encode_quality", "95", "--processes_count", str(CORES),
+        "--encode_format", "jpg", "--encode_quality", "95", "--processes_count", str(procs),
         "--thread_count", "64", "--number_sample_per_shard", str(per_shard),
         "--distributor", "multiprocessing", "--enable_wandb", "False",
     ]  # fmt: skip
+    if user_flags:
+        cmd += ["--resize_only_if_bigger", "True", "--skip_reencode", "True"]
     m = measure(cmd, env=_env(), cwd=str(out.parent))
     return _from_measurement(wl, "img2dataset", m, _tar_images(out), _dir_bytes(out))
 

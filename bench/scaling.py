@@ -1,0 +1,185 @@
+"""How throughput grows with processes (issue 13): fetcher and img2dataset at the same process counts.
+
+``python -m bench scaling [--quick] [--procs=1,2,4] [--workloads=thumbs,laion-256] [--runners=a,b]``
+
+Two workloads on the local farm (its own process, same cores), both run with the settings users run
+(seed 003: ``--resize-only-if-bigger --skip-reencode``):
+  thumbs      96-160 px JPEGs to a 256 target: almost no imaging work, so the per-image cost of the
+              coordinating process (fetch bookkeeping, tar writing) is what limits a box
+  laion-256   the LAION-like size mix (0.2-6 MP) to 256 px: decode/resize bound
+For each: images/s, CPU ms per image of the whole process tree, and the coordinator's own CPU ms per
+image (the command's root process: for fetcher, the asyncio parent).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+from bench.chart import COLOURS, _font
+from bench.common import OUT, Table
+from bench.farmsets import LAION_SIZES, Workload, farm_process, warm
+from bench.peers import Result, run_fetcher, run_img2dataset
+
+THUMB_SIZES = [("160x120", 3), ("120x160", 2), ("128x96", 2), ("96x128", 1), ("144x144", 1)]
+RUNNERS = ("fetcher", "img2dataset")
+# Issue 13's goals on the thumbnail workload.
+COORDINATOR_TARGET_MS = 0.1
+TWO_PROCESS_TARGET = 1.8
+
+
+@dataclass
+class Flags:
+    quick: bool = False
+    procs: list[int] = field(default_factory=lambda: [1, 2, 4])
+    workloads: list[str] = field(default_factory=list)
+    runners: list[str] = field(default_factory=lambda: list(RUNNERS))
+
+
+def parse_flags(argv: list[str]) -> Flags:
+    """Our flags; flags meant for other sections are ignored."""
+    f = Flags()
+    for a in argv:
+        key, _, value = a.partition("=")
+        if key == "--quick":
+            f.quick = True
+        elif key == "--procs":
+            f.procs = [int(x) for x in value.split(",") if x]
+        elif key == "--workloads":
+            f.workloads = value.split(",")
+        elif key == "--runners":
+            f.runners = value.split(",")
+    return f
+
+
+def workloads(quick: bool) -> list[Workload]:
+    """Thumbnails (coordinator-bound) and the LAION-like mix (imaging-bound)."""
+    return [
+        Workload("thumbs", THUMB_SIZES, 256, 1500 if quick else 10_000, variants=8, fault_every=100),
+        Workload("laion-256", LAION_SIZES, 256, 300 if quick else 2000, variants=6, fault_every=40),
+    ]
+
+
+def tables(results: list[tuple[int, Result]]) -> list[Table]:
+    """One row per (workload, tool, processes), speed-up against the same tool at the fewest processes."""
+    main = Table(
+        "scaling: images/s by processes (settings users run: --resize-only-if-bigger --skip-reencode)",
+        ["workload", "tool", "processes", "ok", "wall s", "images/s", "speed-up", "CPU ms/img", "coord ms/img",
+         "peak RSS MB"],
+    )  # fmt: skip
+    base: dict[tuple[str, str], float] = {}
+    for procs, r in sorted(results, key=lambda x: (x[1].workload, x[1].runner, x[0])):
+        first = base.setdefault((r.workload, r.runner), r.rate)
+        main.add(
+            r.workload, r.runner, procs, r.ok, r.wall, r.rate, f"{r.rate / first:.2f}x" if first else "",
+            r.cpu_ms, r.parent_cpu_ms, r.peak_rss / 2**20,
+        )  # fmt: skip
+    load = os.getloadavg()
+    main.notes += [
+        f"{os.cpu_count()} cores; the farm runs in its own process on the same cores (not charged, but competing).",
+        "coord ms/img = CPU of the command's own process / images (fetcher: the asyncio parent that fetches"
+        " and writes; img2dataset: its main process, which only distributes shards).",
+        f"load average at the end {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}",
+    ]
+    for _, r in results:
+        if r.returncode:
+            main.notes.append(f"{r.workload}/{r.runner} exited {r.returncode}: {r.error.strip()[-300:]}")
+    goals = Table("scaling: goals (issue 13)", ["measure", "value", "target", "met"])
+    by = {(r.workload, r.runner, p): r for p, r in results}
+    one, two = by.get(("thumbs", "fetcher", 1)), by.get(("thumbs", "fetcher", 2))
+    if two is not None and two.parent_cpu_ms is not None:
+        goals.add(
+            "thumbs: fetcher coordinator CPU ms/img at 2 processes",
+            f"{two.parent_cpu_ms:.3f}",
+            f"<= {COORDINATOR_TARGET_MS}",
+            two.parent_cpu_ms <= COORDINATOR_TARGET_MS,
+        )
+    if one is not None and two is not None and one.rate:
+        ratio = two.rate / one.rate
+        goals.add("thumbs: fetcher images/s, 2 vs 1 processes", f"{ratio:.2f}x", f">= {TWO_PROCESS_TARGET}x",
+                  ratio >= TWO_PROCESS_TARGET)  # fmt: skip
+    return [main, goals]
+
+
+def draw(results: list[tuple[int, Result]], path: Path) -> Path:
+    """images/s against processes, one panel per workload, one line per tool."""
+    names = list(dict.fromkeys(r.workload for _, r in results))
+    pw, ph = 380, 280
+    img = Image.new("RGB", (pw * max(1, len(names)) + 20, ph + 40), "white")
+    d = ImageDraw.Draw(img)
+    d.text((10, 6), "images/s by --processes (higher is better)", fill="black", font=_font(16))
+    for i, wl in enumerate(names):
+        x0, y0 = 10 + i * pw, 30
+        runs = [(p, r) for p, r in results if r.workload == wl]
+        procs = sorted({p for p, _ in runs})
+        top = max((r.rate for _, r in runs), default=1.0) or 1.0
+        left, base, width, height = x0 + 50, y0 + ph - 40, pw - 80, ph - 80
+        d.text((x0 + 8, y0 + 4), wl, fill="black", font=_font(14))
+        d.line((left, base, left + width, base), fill="black")
+        d.line((left, base, left, base - height), fill="black")
+        d.text((left - 4, base - height), f"{top:.0f}", fill="black", font=_font(11), anchor="rm")
+
+        def xy(p: int, v: float, box: tuple[int, int, int, int, float] = (left, base, width, height, top),
+               procs: list[int] = procs) -> tuple[float, float]:  # fmt: skip
+            x, y, w, h, scale = box
+            return x + w * procs.index(p) / max(1, len(procs) - 1), y - h * v / scale
+
+        for p in procs:
+            d.text((xy(p, 0)[0], base + 4), str(p), fill="black", font=_font(11), anchor="ma")
+        for k, runner in enumerate(dict.fromkeys(r.runner for _, r in runs)):
+            pts = [xy(p, r.rate) for p, r in sorted(runs, key=lambda x: x[0]) if r.runner == runner]
+            colour = COLOURS.get(runner, (90, 90, 90))
+            if len(pts) > 1:
+                d.line(pts, fill=colour, width=2)
+            for x, y in pts:
+                d.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
+            d.text((left + 8, y0 + 24 + 14 * k), runner, fill=colour, font=_font(12))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    img.save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def run(argv: list[str]) -> list[Table]:
+    """Every selected workload x tool x process count, in turn, against one farm process."""
+    flags = parse_flags(argv)
+    selected = [w for w in workloads(flags.quick) if not flags.workloads or w.name in flags.workloads]
+    results: list[tuple[int, Result]] = []
+    work = Path(tempfile.mkdtemp(prefix="bench-scaling-"))
+    try:
+        with farm_process() as port:
+            for wl in selected:
+                urls = work / f"{wl.name}.parquet"
+                warm(wl.write(urls, port))
+                for runner in [r for r in RUNNERS if r in flags.runners]:
+                    for procs in flags.procs:
+                        out = work / f"{wl.name}-{runner}-{procs}"
+                        kw: dict[str, Any] = {"processes": procs, "user_flags": True}
+                        res = (
+                            run_fetcher(wl, urls, out, **kw)
+                            if runner == "fetcher"
+                            else run_img2dataset(wl, urls, out, **kw)
+                        )
+                        results.append((procs, res))
+                        shutil.rmtree(out, ignore_errors=True)
+                        print(
+                            f"scaling: {wl.name}/{runner} x{procs}: {res.ok}/{wl.rows} ok, {res.rate:.1f} images/s,"
+                            f" {res.cpu_ms or 0:.2f} CPU ms/img, coordinator {res.parent_cpu_ms or 0:.3f} ms/img"
+                            + (f" (exit {res.returncode})" if res.returncode else ""),
+                            file=sys.stderr,
+                            flush=True,
+                        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    out = tables(results)
+    if results:
+        out[0].notes.append(f"chart: {draw(results, OUT / 'scaling.png')}")
+    return out

@@ -28,9 +28,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("--print-simpletuner-config needs --output-format files and a local --output")
             print(json.dumps(simpletuner_config(cfg.run.output), indent=4))
             return 0
-        from fetcher.pipeline import run
+        from fetcher.box import run_box
 
-        return run(cfg).exit_code
+        return run_box(cfg)
     except ConfigError as exc:
         print(f"fetcher: error: {exc}", file=sys.stderr)
         return 2

@@ -70,7 +70,14 @@ class RunOptions:
         "--samples-per-tar", 10000, "input rows per output tar", aliases=("--number_sample_per_shard",)
     )
     processes: int = opt(
-        "--processes", 0, "imaging worker processes (0 = one per core)", aliases=("--processes_count",)
+        "--processes",
+        0,
+        "engine processes, each fetching, resizing and writing whole tars (0 = one per available core,"
+        " at most one per tar)",
+        aliases=("--processes_count",),
+    )
+    imaging_workers: int = opt(
+        "--imaging-workers", 0, "imaging worker processes per engine process (0 = available cores / engines)"
     )
     max_bytes_in_flight: int = opt(
         "--max-bytes-in-flight", 128 * 2**20, "downloaded bytes waiting for imaging before fetching pauses"
@@ -93,12 +100,27 @@ class RunOptions:
             raise ConfigError("--samples-per-tar must be >= 1")
         if self.processes < 0:
             raise ConfigError("--processes must be >= 0")
+        if self.imaging_workers < 0:
+            raise ConfigError("--imaging-workers must be >= 0")
         if self.max_bytes_in_flight < 1 << 20:
             raise ConfigError("--max-bytes-in-flight must be at least 1 MiB")
 
+    def engine_count(self, tars: int) -> int:
+        """Engine processes for ``tars`` tars to do: as asked (or one per core), never more than tars."""
+        return max(1, min(self.processes or available_cpus(), tars))
+
     @property
     def worker_count(self) -> int:
-        return self.processes or (os.cpu_count() or 1)
+        """Imaging workers of one engine process."""
+        return self.imaging_workers or max(1, available_cpus() // max(1, self.processes))
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. under taskset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 OPTION_CLASSES: list[type] = [

@@ -39,6 +39,7 @@ class Monitor:
         self.metrics.planned_rows = stats.total_rows
         self.progress = ProgressView(stats, opts.progress, opts.log_format, opts.log_interval, f"{shard[0]}/{shard[1]}")
         self.ready = False
+        self.announce = True  # say where /metrics is (an engine process of a box keeps quiet: the box says it)
         self.bound: tuple[str, int] | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -126,7 +127,8 @@ class Monitor:
             return
         bound = self._runner.addresses[0]
         self.bound = (str(bound[0]), int(bound[1]))
-        print(f"fetcher: metrics on http://{host}:{self.bound[1]}/metrics", file=sys.stderr, flush=True)
+        if self.announce:
+            print(f"fetcher: metrics on http://{host}:{self.bound[1]}/metrics", file=sys.stderr, flush=True)
 
     async def _metrics(self, _req: web.Request) -> web.Response:
         return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})

@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from fetcher.boxslots import BoxSlots
 from fetcher.config import Config
 from fetcher.diskguard import DiskFull, DiskGuard, is_disk_full
 from fetcher.http import HttpClient
@@ -42,6 +43,11 @@ class RunPlan:
     todo: list[TarPlan]
     output: Output
     retries: dict[int, RetryPlan] = field(default_factory=dict)  # --retry-failed: finished tars to revisit
+
+    def new_stats(self) -> RunStats:
+        """Counters for this plan: the rows it has to finish, the tars it covers."""
+        rows = sum(len(self.retries[t.index].retry_rows) if t.index in self.retries else t.size for t in self.todo)
+        return RunStats(total_rows=rows, tars_total=len(self.tars), tars_skipped=len(self.tars) - len(self.todo))
 
 
 def prepare(cfg: Config) -> RunPlan:
@@ -91,16 +97,11 @@ class ByteBudget:
 class Pipeline:
     """Runs one RunPlan to completion."""
 
-    def __init__(self, plan: RunPlan) -> None:
+    def __init__(self, plan: RunPlan, box: BoxSlots | None = None) -> None:
         self.plan = plan
         self.cfg = plan.cfg
-        self.stats = RunStats(
-            total_rows=sum(len(plan.retries[t.index].retry_rows) if t.index in plan.retries else t.size
-                           for t in plan.todo),
-            tars_total=len(plan.tars),
-            tars_skipped=len(plan.tars) - len(plan.todo),
-        )  # fmt: skip
-        self.scheduler = Scheduler(self.cfg.scheduler)
+        self.stats = plan.new_stats()
+        self.scheduler = Scheduler(self.cfg.scheduler, box=box)
         self.budget = ByteBudget(self.cfg.run.max_bytes_in_flight)
         self.monitor = Monitor(self.cfg.monitor, self.stats, self.cfg.run.shard_pair, plan.output.local_root)
         self.disk = DiskGuard(plan.output.local_root, self.cfg.durability)
@@ -372,11 +373,12 @@ class Pipeline:
         self.monitor.tar_done()
 
 
-def run(cfg: Config) -> RunStats:
-    """Plan and run, on uvloop. Raises ConfigError before any traffic if the input is bad."""
+def run(cfg: Config, plan: RunPlan | None = None) -> RunStats:
+    """Plan (unless given the plan) and run in this process, on uvloop. Raises ConfigError before any
+    traffic if the input is bad."""
     import uvloop
 
-    plan = prepare(cfg)
+    plan = prepare(cfg) if plan is None else plan
     pipeline = Pipeline(plan)
     try:
         stats = uvloop.run(pipeline.run())

@@ -19,6 +19,7 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from fetcher.boxslots import BoxSlots
 from fetcher.hostkey import POLITENESS_KEYS, key_function
 from fetcher.hostkey import hostname as host_key
 from fetcher.hostlimits import HostLimits, SlotLimits
@@ -125,11 +126,16 @@ class Scheduler:
     """Hands out jobs whose host slot is ready, one global permit each.
 
     Single producer (``put``), single dispatcher (``dispatch``), any number of ``complete`` calls.
+    With ``box`` (several engine processes on one box) every start also takes a box-wide lease, so
+    per-host limits hold for the box; ``clock`` must then be ``time.monotonic``, which all processes share.
     """
 
-    def __init__(self, opts: SchedulerOptions, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, opts: SchedulerOptions, clock: Callable[[], float] = time.monotonic, box: BoxSlots | None = None
+    ) -> None:
         self.opts = opts
         self.clock = clock
+        self.box = box
         self.key_of = key_function(opts.politeness_key)
         self.limits = opts.load_limits()
         self.tuning = opts.tuning
@@ -194,6 +200,8 @@ class Scheduler:
                 if not slot.queue or st.is_dead(now) or st.ready_at(now) > now or not st.has_room():
                     self._maybe_ready(slot, now)
                     continue
+                if self.box is not None and not self._box_lease(slot, now):
+                    continue
                 job = slot.queue.popleft()
                 slot.state.start(now)
                 self._inflight += 1
@@ -218,7 +226,12 @@ class Scheduler:
         now = self.clock()
         slot = self._slots[job.host]
         self._inflight -= 1
-        v = slot.state.record(outcome, job.started, now)
+        st = slot.state
+        if self.box is not None:  # the breaker counts the whole box's consecutive failures
+            st.failures = self.box.failures(job.host)
+        v = st.record(outcome, job.started, now)
+        if self.box is not None:
+            self.box.finish(job.host, st.pause_until, st.delay, st.dead_until if st.is_dead(now) else 0.0, st.failures)
         self.counters.throttled += v.throttled
         self.counters.breaker_openings += v.breaker_opened
         final = True
@@ -237,6 +250,20 @@ class Scheduler:
         return final
 
     # -- internals -----------------------------------------------------------------------------
+    def _box_lease(self, slot: _Slot, now: float) -> bool:
+        """Take the box-wide lease for the slot's next start; otherwise park the slot until it may."""
+        assert self.box is not None
+        busy = self.box.try_start(slot.key, slot.state.limits, now)
+        if busy is None:
+            return True
+        if busy.dead:  # another process's breaker gave the host up: fail fast here too
+            slot.state.give_up(busy.at)
+            self._maybe_ready(slot, now)
+        else:
+            slot.in_heap = True
+            heapq.heappush(self._ready, (busy.at, next(self._seq), slot))
+        return False
+
     def _taken(self) -> None:
         self._pending -= 1
         self._room.set()

@@ -142,6 +142,11 @@ class SlotState:
             self.pause_until = max(self.pause_until, now + cooldown)
             v.breaker_opened = True
 
+    def give_up(self, until: float) -> None:
+        """Another process on the box found the host dead: fail queued rows fast until ``until``."""
+        self.breaker = Breaker.DEAD
+        self.dead_until = max(self.dead_until, until)
+
     # -- bookkeeping ---------------------------------------------------------------------------
     def is_delayed(self, now: float) -> bool:
         """True while the host is slowed down (adaptive delay, Retry-After pause or breaker)."""

@@ -39,6 +39,13 @@ class RunStats:
         elif res.reason is not None:
             self.by_reason[res.reason.value] += 1
 
+    def sum_of(self, parts: list[RunStats]) -> None:
+        """Set this run's counts to the sum of ``parts`` (the engine processes of one box)."""
+        for name in ("tars_done", "rows_done", "ok", "bytes_downloaded", "bytes_written"):
+            setattr(self, name, sum(getattr(p, name) for p in parts))
+        self.by_status = sum((p.by_status for p in parts), Counter())
+        self.by_reason = sum((p.by_reason for p in parts), Counter())
+
     @property
     def elapsed(self) -> float:
         end = self.finished if self.finished is not None else time.monotonic()

@@ -1,0 +1,241 @@
+"""A download box: N engine processes, each running the whole pipeline on its own tars.
+
+One Python process tops out near one core of coordination work (fetch bookkeeping, tar writing), so a
+box runs ``--processes`` engine processes. Engine ``j`` of ``P`` takes the tars of the box's shard
+``i/N`` that shard ``i + j*N`` of ``N*P`` holds: tar ``k`` still holds rows ``[kS, (k+1)S)`` and is
+written by exactly one process, whatever P is, so outputs, resume and ``--shard`` mean what they
+meant. The parent does nothing per image: it holds the box-global politeness table
+(``fetcher/boxslots.py``), forwards stop signals, serves one /metrics and one progress view built
+from the engines' reports, and prints one summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection
+
+from fetcher.boxmonitor import BoxMonitor
+from fetcher.boxslots import BoxHandle, BoxSlots
+from fetcher.config import Config
+from fetcher.lifecycle import RunAborted, exit_code_for
+from fetcher.options import ConfigError
+from fetcher.pipeline import Pipeline, RunPlan, prepare, run
+from fetcher.summary import RunStats
+
+REPORT_EVERY = 1.0  # seconds between an engine's progress reports to the box
+_PR_SET_PDEATHSIG = 1
+
+
+def run_box(cfg: Config) -> int:
+    """Plan the box's shard, run it on one engine (in this process) or several; returns the exit code."""
+    plan = prepare(cfg)
+    engines = cfg.run.engine_count(len(plan.todo))
+    cfg = replace(cfg, run=replace(cfg.run, processes=engines))
+    plan = replace(plan, cfg=cfg)
+    if engines == 1:
+        return run(cfg, plan).exit_code
+    return Box(cfg, plan, engines).run()
+
+
+def engine_config(cfg: Config, index: int, engines: int) -> Config:
+    """Engine ``index``'s config: its sub-shard, a private metrics port, no progress view of its own."""
+    i, n = cfg.run.shard_pair
+    run = replace(cfg.run, shard=f"{i + index * n}/{n * engines}")
+    monitor = replace(cfg.monitor, metrics_address="127.0.0.1:0", progress="off")
+    return replace(cfg, run=run, monitor=monitor)
+
+
+@dataclass
+class EngineReport:
+    """An engine's last word to the box."""
+
+    stats: RunStats
+    exposition: str = ""  # its final metrics, kept in the box's totals
+    error: str = ""  # a RunAborted/ConfigError message
+    exit_code: int = 0
+    signal: int = 0  # the stop signal it got, 0 for none
+    abandoned: int = 0  # tars it left unfinished
+
+
+@dataclass
+class _Engine:
+    index: int
+    process: multiprocessing.process.BaseProcess
+    conn: Connection
+    stats: RunStats = field(default_factory=RunStats)
+    outcome: EngineReport | None = None
+
+
+class Box:
+    """The parent of the engine processes."""
+
+    def __init__(self, cfg: Config, plan: RunPlan, engines: int) -> None:
+        self.cfg = cfg
+        self.plan = plan
+        self.count = engines
+        self.stats = plan.new_stats()
+        self.monitor = BoxMonitor(cfg.monitor, self.stats, cfg.run.shard_pair, plan.output.local_root, engines)
+        self.engines: list[_Engine] = []
+        self.signalled: signal.Signals | None = None
+
+    def run(self) -> int:
+        """Start the engines, supervise them to the end, print one summary; returns the exit code."""
+        import uvloop
+
+        ctx = multiprocessing.get_context("spawn")
+        with BoxSlots.create(self.count, ctx.Lock()) as table:
+            for j in range(self.count):
+                reader, writer = ctx.Pipe(duplex=False)
+                args = (engine_config(self.cfg, j, self.count), j, table.handle, writer)
+                proc = ctx.Process(target=engine_main, args=args, name=f"fetcher-engine-{j}")
+                proc.start()
+                writer.close()
+                self.engines.append(_Engine(j, proc, reader))
+            try:
+                uvloop.run(self._supervise(table))
+            finally:
+                for e in self.engines:
+                    if e.process.is_alive():
+                        e.process.kill()
+                    e.process.join()
+        return self._finish()
+
+    async def _supervise(self, table: BoxSlots) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        done: list[asyncio.Future[None]] = []
+        for e in self.engines:
+            fut: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(e.conn.fileno(), self._on_message, e, fut)
+            done.append(fut)
+        async with self.monitor:
+            await asyncio.gather(*done)
+            for e in self.engines:
+                await loop.run_in_executor(None, e.process.join)
+                if e.outcome is None:  # died without a last word (OOM killer, segfault): free its leases
+                    table.release_process(e.index)
+            self.stats.finished = time.monotonic()
+
+    def _on_message(self, e: _Engine, fut: asyncio.Future[None]) -> None:
+        try:
+            kind, payload = e.conn.recv()
+        except (EOFError, OSError):
+            asyncio.get_running_loop().remove_reader(e.conn.fileno())
+            self.monitor.engine_finished(e.index, self.monitor.texts.get(e.index, ""))
+            if not fut.done():
+                fut.set_result(None)
+            return
+        if kind == "port":
+            self.monitor.ports[e.index] = int(payload)
+        elif kind == "stats":
+            e.stats = payload
+        elif kind == "done":
+            e.outcome = payload
+            e.stats = payload.stats
+            self.monitor.engine_finished(e.index, payload.exposition)
+        self.monitor.engines_reported([x.stats for x in self.engines])
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        # The engines run in their own process groups (a terminal's Ctrl-C reaches only this
+        # process): every stop goes through here, once per engine, so a second signal still means
+        # "exit at once" to them.
+        if self.signalled is None:
+            self.signalled = sig
+            print(f"fetcher: {sig.name} received: stopping {self.count} engine processes (again to exit at once)",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        for e in self.engines:
+            if e.process.is_alive() and e.process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(e.process.pid, sig)
+
+    def _finish(self) -> int:
+        outcomes = [e.outcome for e in self.engines if e.outcome is not None]
+        died = [e for e in self.engines if e.outcome is None]
+        aborted = [o for o in outcomes if o.error]
+        stop = self.signalled
+        if stop is None:
+            stop = next((signal.Signals(o.signal) for o in outcomes if o.signal), None)
+        if stop is not None or aborted or died:
+            why = stop.name if stop else "error"
+            print(
+                f"fetcher: stopped by {why}: {self.stats.tars_done} tars written, "
+                f"{sum(o.abandoned for o in outcomes)} abandoned (redone on the next run), "
+                f"{self.stats.rows_done} rows done, {self.stats.ok} ok",
+                file=sys.stderr,
+            )
+        else:
+            print(self.stats.format(), file=sys.stderr)
+        for o in aborted:
+            print(f"fetcher: error: {o.error}", file=sys.stderr)
+        for e in died:
+            print(
+                f"fetcher: error: engine process {e.index} died (exit {e.process.exitcode}); "
+                "rerun the same command to resume its tars",
+                file=sys.stderr,
+            )
+        if aborted:
+            return max(o.exit_code for o in aborted)
+        if died:
+            return RunAborted.exit_code
+        return exit_code_for(stop)
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGTERM this engine when the box parent dies (Linux), so no engine outlives it."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def engine_main(cfg: Config, index: int, handle: BoxHandle, conn: Connection) -> None:
+    """One engine process: the whole pipeline on its sub-shard, reporting to the box as it goes."""
+    import uvloop
+
+    _die_with_parent()
+    os.setpgrp()
+    table = BoxSlots.attach(handle, index)
+    report = EngineReport(stats=RunStats())
+    pipeline: Pipeline | None = None
+    try:
+        pipeline = Pipeline(prepare(cfg), box=table)
+        pipeline.monitor.announce = False
+        uvloop.run(_run_reporting(pipeline, conn))
+    except (RunAborted, ConfigError) as exc:
+        report.error = str(exc)
+        report.exit_code = exc.exit_code if isinstance(exc, RunAborted) else 2
+    finally:
+        if pipeline is not None:
+            report.stats = pipeline.stats
+            report.exposition = pipeline.monitor.metrics.exposition().decode()
+            report.abandoned = pipeline.tars_abandoned
+            report.signal = int(pipeline.stop_signal or 0)
+        with contextlib.suppress(OSError):
+            conn.send(("done", report))
+        conn.close()
+        table.close()
+    sys.exit(report.exit_code if report.error else exit_code_for(pipeline.stop_signal if pipeline else None))
+
+
+async def _run_reporting(pipeline: Pipeline, conn: Connection) -> None:
+    """Run the pipeline; meanwhile send the box its metrics port once, then its counts every second."""
+    task = asyncio.create_task(pipeline.run())
+    port_sent = False
+    while not task.done():
+        bound = pipeline.monitor.bound
+        if bound is not None and not port_sent:
+            conn.send(("port", bound[1]))
+            port_sent = True
+        conn.send(("stats", pipeline.stats))
+        await asyncio.wait({task}, timeout=REPORT_EVERY if port_sent else 0.05)
+    await task

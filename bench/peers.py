@@ -102,6 +102,7 @@ class Result:
     returncode: int
     timeline: list[dict[str, Any]] = field(default_factory=list)
     error: str = ""
+    log: str = ""  # the end of its stderr (fetcher's summary)
 
     @property
     def rate(self) -> float:
@@ -147,6 +148,7 @@ def _from_measurement(wl: Workload, runner: str, m: Measurement, ok: int, out_by
         returncode=m.returncode,
         timeline=m.timeline(),
         error=m.stderr_tail[-600:] if m.returncode else "",
+        log=m.stderr_tail[-3000:],
     )
 
 

@@ -14,6 +14,7 @@ image (the command's root process: for fetcher, the asyncio parent).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -67,25 +68,34 @@ def workloads(quick: bool) -> list[Workload]:
     ]
 
 
+def box_coordinator_ms(r: Result) -> float | None:
+    """fetcher's own figure for its box parent's CPU per image, start-up left out (None: one engine)."""
+    m = re.search(r"coordinator ([\d.]+) ms CPU/image", r.log)
+    return float(m.group(1)) if m else None
+
+
 def tables(results: list[tuple[int, Result]]) -> list[Table]:
     """One row per (workload, tool, processes), speed-up against the same tool at the fewest processes."""
     main = Table(
         "scaling: images/s by processes (settings users run: --resize-only-if-bigger --skip-reencode)",
         ["workload", "tool", "processes", "ok", "wall s", "images/s", "speed-up", "CPU ms/img", "coord ms/img",
-         "peak RSS MB"],
+         "box coord ms/img", "peak RSS MB"],
     )  # fmt: skip
     base: dict[tuple[str, str], float] = {}
     for procs, r in sorted(results, key=lambda x: (x[1].workload, x[1].runner, x[0])):
         first = base.setdefault((r.workload, r.runner), r.rate)
         main.add(
             r.workload, r.runner, procs, r.ok, r.wall, r.rate, f"{r.rate / first:.2f}x" if first else "",
-            r.cpu_ms, r.parent_cpu_ms, r.peak_rss / 2**20,
+            r.cpu_ms, r.parent_cpu_ms, box_coordinator_ms(r) or "", r.peak_rss / 2**20,
         )  # fmt: skip
     load = os.getloadavg()
     main.notes += [
         f"{os.cpu_count()} cores; the farm runs in its own process on the same cores (not charged, but competing).",
         "coord ms/img = CPU of the command's own process / images (fetcher: the asyncio parent that fetches"
-        " and writes; img2dataset: its main process, which only distributes shards).",
+        " and writes at 1 process, the box parent above; img2dataset: its main process, which distributes"
+        " shards). Both include start-up (imports, planning).",
+        "box coord ms/img = fetcher's box parent's CPU from the engines' start to their end, per image"
+        " (its own summary line): the marginal cost of coordinating, start-up left out.",
         f"load average at the end {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}",
     ]
     for _, r in results:
@@ -94,12 +104,13 @@ def tables(results: list[tuple[int, Result]]) -> list[Table]:
     goals = Table("scaling: goals (issue 13)", ["measure", "value", "target", "met"])
     by = {(r.workload, r.runner, p): r for p, r in results}
     one, two = by.get(("thumbs", "fetcher", 1)), by.get(("thumbs", "fetcher", 2))
-    if two is not None and two.parent_cpu_ms is not None:
+    coord = box_coordinator_ms(two) if two is not None else None
+    if coord is not None:
         goals.add(
-            "thumbs: fetcher coordinator CPU ms/img at 2 processes",
-            f"{two.parent_cpu_ms:.3f}",
+            "thumbs: fetcher box coordinator CPU ms/img at 2 processes",
+            f"{coord:.3f}",
             f"<= {COORDINATOR_TARGET_MS}",
-            two.parent_cpu_ms <= COORDINATOR_TARGET_MS,
+            coord <= COORDINATOR_TARGET_MS,
         )
     if one is not None and two is not None and one.rate:
         ratio = two.rate / one.rate

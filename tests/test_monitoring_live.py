@@ -119,7 +119,7 @@ def live(farm: Farm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]
     try:
         with running_fetcher(
             tmp, "--input", str(inp), "--output", str(out), "--samples-per-tar", "50",
-            "--allow-private-networks", "--retries", "0", "--processes", "1",
+            "--allow-private-networks", "--retries", "0", "--processes", "1", "--imaging-workers", "1",
             "--concurrency", "4", "--per-host-concurrency", "4",
             "--progress", "log", "--log-format", "json", "--log-interval", "0.5",
             port=port,

@@ -159,7 +159,8 @@ def run_fetcher(
     cmd = [sys.executable, "-m", "fetcher", "--input", str(urls), "--output", str(out)]
     cmd += ["--allow-private-networks", "--image-size", str(wl.image_size)]
     if processes:
-        cmd += ["--processes", str(processes)]
+        # Several tars per engine, as img2dataset gets several shards per process below.
+        cmd += ["--processes", str(processes), "--samples-per-tar", str(max(1, -(-wl.rows // (4 * processes))))]
     if user_flags:
         cmd += ["--resize-only-if-bigger", "--skip-reencode"]
     if profile is not None:

@@ -49,6 +49,9 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+IMAGING_POOLS = ("threads", "processes")
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """Where output goes and how the process runs."""
@@ -77,7 +80,13 @@ class RunOptions:
         aliases=("--processes_count",),
     )
     imaging_workers: int = opt(
-        "--imaging-workers", 0, "imaging worker processes per engine process (0 = available cores / engines)"
+        "--imaging-workers", 0, "imaging workers per engine process (0 = available cores / engines)"
+    )
+    imaging_pool: str = opt(
+        "--imaging-pool",
+        "processes",
+        "imaging workers as threads of the engine (no copies) or processes (isolated: --worker-max-memory)",
+        choices=IMAGING_POOLS,
     )
     max_bytes_in_flight: int = opt(
         "--max-bytes-in-flight", 128 * 2**20, "downloaded bytes waiting for imaging before fetching pauses"

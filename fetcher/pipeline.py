@@ -122,7 +122,12 @@ class Pipeline:
         self.plan.output.cleanup([t.index for t in self.plan.todo])
         async with (
             HttpClient(self.cfg.http) as self.http,
-            ImagingPool(self.cfg.run.worker_count, self.cfg.imaging, self.cfg.durability.worker_max_bytes) as self.pool,
+            ImagingPool(
+                self.cfg.run.worker_count,
+                self.cfg.imaging,
+                self.cfg.durability.worker_max_bytes,
+                threads=self.cfg.run.imaging_pool == "threads",
+            ) as self.pool,
             self.monitor.watching(self.scheduler, self.budget, self.pool),
         ):
             self._producer = asyncio.create_task(self._produce())

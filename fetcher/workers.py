@@ -6,7 +6,7 @@ import asyncio
 import multiprocessing
 import resource
 import signal
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
@@ -20,15 +20,18 @@ class ImagingPool:
     forkserver, not fork: the parent runs threads (resolver, to_thread) that fork would copy mid-state.
     """
 
-    def __init__(self, workers: int, opts: ImageOptions, max_memory: int = 0) -> None:
+    def __init__(self, workers: int, opts: ImageOptions, max_memory: int = 0, threads: bool = False) -> None:
         self.workers = workers
         self.opts = opts
         self.max_memory = max_memory
+        self.threads = threads
         self.busy = 0
         self._ctx = multiprocessing.get_context("forkserver")
         self._pool = self._new_pool()
 
-    def _new_pool(self) -> ProcessPoolExecutor:
+    def _new_pool(self) -> Executor:
+        if self.threads:  # Pillow releases the GIL in decode, resize and encode; bytes never leave the process
+            return ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="imaging")
         return ProcessPoolExecutor(
             max_workers=self.workers, mp_context=self._ctx, initializer=worker_init, initargs=(self.max_memory,)
         )

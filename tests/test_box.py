@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from collections import Counter
 from multiprocessing.queues import Queue
@@ -234,3 +235,29 @@ def test_an_engine_killed_midway_exits_75_and_a_rerun_finishes(farm: Farm, tmp_p
     assert "died" in err and "rerun the same command" in err, err
     run_fetcher("--input", str(inp), "--output", str(out), "--allow-private-networks", *flags)
     _check_exactly_once(out, urls, 20)
+
+
+def test_imaging_in_engine_threads_gives_the_same_tars(farm: Farm, tmp_path: Path) -> None:
+    urls = [farm.url(f"/gen/{320 + i % 3 * 40}x240.jpg?seed={i}", i % 8) for i in range(40)]
+    inp = write_urls(tmp_path / "in.parquet", urls)
+    outs = {}
+    for pool in ("threads", "processes"):
+        outs[pool] = out = tmp_path / pool
+        run_fetcher("--input", str(inp), "--output", str(out), "--allow-private-networks", "--samples-per-tar", "20",
+                    "--image-size", "64", "--imaging-pool", pool, "--imaging-workers", "2")  # fmt: skip
+        _check_exactly_once(out, urls, 20)
+
+    def images(out: Path) -> dict[str, bytes]:
+        got = {}
+        for tar in sorted(out.glob("*.tar")):
+            with tarfile.open(tar) as tf:
+                for m in tf:
+                    if m.name.endswith(".jpg"):
+                        f = tf.extractfile(m)
+                        assert f is not None
+                        got[m.name] = f.read()
+        return got
+
+    # Same pixels whichever pool resized them: the work is the same pure function.
+    a, b = images(outs["threads"]), images(outs["processes"])
+    assert len(a) == 40 and a == b

@@ -144,7 +144,7 @@ _TITLES = {
     Img2datasetOptions: "img2dataset flags without a fetcher twin (mapped or explained; README: img2dataset flags)",
 }
 _EPILOG = """\
-sizes take plain bytes (134217728) where the flag says BYTES; --min-free-disk takes 500M / 2G.
+flags marked BYTES take a plain byte count; --min-free-disk and --worker-max-memory take 500M / 2G.
 every option can also come from --config FILE.toml (key = flag name) or FETCHER_<FLAG_NAME> variables.
 
 examples:

@@ -74,7 +74,6 @@ def setup_logging(log_format: str = "text") -> StderrHandler:
             logger = logging.getLogger(name)
             logger.addHandler(_handler)
             logger.setLevel(logging.INFO)
-            logger.propagate = False
     _handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     return _handler
 

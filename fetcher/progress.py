@@ -142,6 +142,8 @@ def terminal_columns(stream: TextIO) -> int:
     try:
         cols = os.get_terminal_size(stream.fileno()).columns
     except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        cols = 0
+    if cols <= 0:  # not a terminal, or one that reports no size (a bare pty): $COLUMNS, else 80
         cols = shutil.get_terminal_size().columns
     return max(cols - 1, 20)
 

@@ -133,6 +133,9 @@ def progress_bar(
             else:
                 del fields[-neg_i]
         line = render()
+    if columns is not None and bar_width is not None and bar_width < width and len(line) < columns:
+        bar_width = min(width, bar_width + columns - len(line))  # a dropped field left room: widen the bar again
+        line = render()
     return line
 
 

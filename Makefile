@@ -5,6 +5,8 @@ STAMP := $(VENV)/.installed
 .PHONY: install run test lint unit bench clean
 
 install: $(STAMP)
+	@# the stamp does not notice Debian packages removed since: promtool/prometheus run tests, never skipped
+	@{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || bash deploy/install.sh $(VENV) dev
 
 $(STAMP): pyproject.toml deploy/install.sh
 	bash deploy/install.sh $(VENV) dev

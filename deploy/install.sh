@@ -19,6 +19,16 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# The dev install runs every test: promtool checks the metrics exposition and the deploy/ rules, and a
+# real Prometheus scrapes a running fetcher (tests fail, not skip, without them: tests/skipguard.py).
+if [[ $EXTRAS == *dev* ]] && ! { command -v promtool && command -v prometheus; } >/dev/null 2>&1; then
+  echo "install: Debian package needed by the tests: prometheus (promtool, prometheus)"
+  if [[ $(id -u) == 0 ]]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else
+    echo "install: error: run as root or install it: apt-get install prometheus" >&2; exit 1; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
 [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
 # Build Pillow-SIMD from source (its SIMD resize is the point), then everything else.

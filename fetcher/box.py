@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import logging
 import multiprocessing
 import os
 import signal
@@ -26,10 +27,12 @@ from fetcher.boxmonitor import BoxMonitor
 from fetcher.boxslots import BoxHandle, BoxSlots
 from fetcher.config import Config
 from fetcher.lifecycle import RunAborted, exit_code_for
+from fetcher.logs import setup_logging
 from fetcher.options import ConfigError
 from fetcher.pipeline import Pipeline, RunPlan, prepare, run
 from fetcher.summary import RunStats
 
+log = logging.getLogger(__name__)
 REPORT_EVERY = 1.0  # seconds between an engine's progress reports to the box
 _PR_SET_PDEATHSIG = 1
 
@@ -153,8 +156,7 @@ class Box:
         # "exit at once" to them.
         if self.signalled is None:
             self.signalled = sig
-            print(f"fetcher: {sig.name} received: stopping {self.count} engine processes (again to exit at once)",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            log.info("%s received: stopping %d engine processes (again to exit at once)", sig.name, self.count)
         for e in self.engines:
             if e.process.is_alive() and e.process.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
@@ -168,25 +170,26 @@ class Box:
         if stop is None:
             stop = next((signal.Signals(o.signal) for o in outcomes if o.signal), None)
         if stop is not None or aborted or died:
-            why = stop.name if stop else "error"
-            print(
-                f"fetcher: stopped by {why}: {self.stats.tars_done} tars written, "
-                f"{sum(o.abandoned for o in outcomes)} abandoned (redone on the next run), "
-                f"{self.stats.rows_done} rows done, {self.stats.ok} ok",
-                file=sys.stderr,
+            log.info(
+                "stopped by %s: %d tars written, %d abandoned (redone on the next run), %d rows done, %d ok",
+                stop.name if stop else "error",
+                self.stats.tars_done,
+                sum(o.abandoned for o in outcomes),
+                self.stats.rows_done,
+                self.stats.ok,
             )
         else:
-            print(self.stats.format(), file=sys.stderr)
             per_image = 1000 * self.coordinator_cpu / max(self.stats.ok, 1)
-            print(f"  box         {self.count} engine processes, coordinator {per_image:.3f} ms CPU/image",
-                  file=sys.stderr)  # fmt: skip
+            if self.cfg.monitor.log_format == "text":  # json: the progress view already wrote the summary object
+                sys.stderr.write(self.stats.format() + "\n")
+            log.info("box: %d engine processes, coordinator %.3f ms CPU/image", self.count, per_image)
         for o in aborted:
-            print(f"fetcher: error: {o.error}", file=sys.stderr)
+            log.error("%s", o.error)
         for e in died:
-            print(
-                f"fetcher: error: engine process {e.index} died (exit {e.process.exitcode}); "
-                "rerun the same command to resume its tars",
-                file=sys.stderr,
+            log.error(
+                "engine process %d died (exit %s); rerun the same command to resume its tars",
+                e.index,
+                e.process.exitcode,
             )
         if aborted:
             return max(o.exit_code for o in aborted)
@@ -210,12 +213,13 @@ def engine_main(cfg: Config, index: int, handle: BoxHandle, conn: Connection) ->
 
     _die_with_parent()
     os.setpgrp()
+    setup_logging(cfg.monitor.log_format)
     table = BoxSlots.attach(handle, index)
     report = EngineReport(stats=RunStats())
     pipeline: Pipeline | None = None
     try:
         pipeline = Pipeline(prepare(cfg), box=table)
-        pipeline.monitor.announce = False
+        pipeline.monitor.public = False
         uvloop.run(_run_reporting(pipeline, conn))
     except (RunAborted, ConfigError) as exc:
         report.error = str(exc)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -117,6 +118,7 @@ class BoxMonitor(Monitor):
             self.texts[index] = text
 
     async def _metrics(self, _req: web.Request) -> web.Response:
+        self._note_scrape()
         if self._client is None:
             timeout = aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT)
             self._client = aiohttp.ClientSession(timeout=timeout, trust_env=False)
@@ -129,7 +131,7 @@ class BoxMonitor(Monitor):
         )
         return web.Response(body=body.encode(), headers={"Content-Type": CONTENT_TYPE})
 
-    async def __aexit__(self, *exc: object) -> None:
-        await super().__aexit__(*exc)
+    async def __aexit__(self, exc_type: type[BaseException] | None, *exc: Any) -> None:
+        await super().__aexit__(exc_type, *exc)
         if self._client is not None:
             await self._client.close()

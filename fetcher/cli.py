@@ -44,8 +44,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _metadata(args: list[str]) -> int:
+    usage = "usage: python -m fetcher metadata OUTPUT"
+    if args in (["-h"], ["--help"]):
+        print(f"{usage}\n\nrebuild OUTPUT's wids-index.json and metadata.parquet from its completed tars")
+        return 0
     if len(args) != 1 or args[0].startswith("-"):
-        print("usage: python -m fetcher metadata OUTPUT", file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
     from storage.output import rebuild
 

@@ -7,22 +7,29 @@ validates the whole once at start.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import shutil
 import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NoReturn
 
-from fetcher import __version__
+from fetcher import __version__, compat
+from fetcher.compat import Img2datasetOptions
+from fetcher.cpus import available_cpus
 from fetcher.http import HttpOptions
 from fetcher.imaging import ImageOptions
 from fetcher.lifecycle import DurabilityOptions
+from fetcher.logs import setup_logging
 from fetcher.metrics import MonitorOptions
-from fetcher.options import ConfigError, add_arguments, apply_defaults, build, env_values, opt
+from fetcher.options import ConfigError, add_arguments, apply_defaults, build, dest, env_values, opt, unknown_env
 from fetcher.reader import InputOptions
 from fetcher.scheduler import SchedulerOptions
 from storage.output import OutputOptions
+
+log = logging.getLogger(__name__)
 
 
 def resolve_shard(text: str, index_env: str, environ: Mapping[str, str] | None = None) -> str:
@@ -61,8 +68,17 @@ class RunOptions:
         "",
         "input file, directory (sorted) or glob: parquet, jsonl, csv, tsv, txt (.gz ok); local or fsspec URL",
         aliases=("--url_list",),
+        metavar="PATH",
+        required=True,
     )
-    output: str = opt("--output", "", "output directory or object-store URL (s3://…)", aliases=("--output_folder",))
+    output: str = opt(
+        "--output",
+        "",
+        "output directory or object-store URL (s3://…)",
+        aliases=("--output_folder",),
+        metavar="DIR",
+        required=True,
+    )
     shard: str = opt(
         "--shard", "0/1", "take tars k with k %% N == i (i/N; $INDEX/N reads i from --shard-index-env)", metavar="I/N"
     )
@@ -96,8 +112,9 @@ class RunOptions:
     def shard_pair(self) -> tuple[int, int]:
         return parse_shard(resolve_shard(self.shard, self.shard_index_env))
 
-    def validate(self) -> None:
-        if not self.input:
+    def validate(self, need_input: bool = True) -> None:
+        """Check ranges; ``need_input`` False for modes that only look at the output."""
+        if need_input and not self.input:
             raise ConfigError("--input is required")
         if not self.output:
             raise ConfigError("--output is required")
@@ -124,14 +141,6 @@ class RunOptions:
         return self.imaging_workers or max(1, available_cpus() // max(1, self.processes))
 
 
-def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, e.g. under taskset)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 OPTION_CLASSES: list[type] = [
     RunOptions,
     InputOptions,
@@ -141,17 +150,35 @@ OPTION_CLASSES: list[type] = [
     ImageOptions,
     MonitorOptions,
     DurabilityOptions,
+    Img2datasetOptions,
 ]
 _TITLES = {
-    RunOptions: "run",
-    InputOptions: "input",
-    OutputOptions: "output",
-    HttpOptions: "http",
-    SchedulerOptions: "scheduling",
-    ImageOptions: "imaging",
-    MonitorOptions: "monitoring",
-    DurabilityOptions: "durability",
+    RunOptions: "run: what to read, where to write, how many processes",
+    InputOptions: "input columns and filters",
+    OutputOptions: "output format",
+    HttpOptions: "http: timeouts, limits, network policy",
+    SchedulerOptions: "politeness and retries (per host)",
+    ImageOptions: "imaging: resize, encode, refuse",
+    MonitorOptions: "monitoring and progress",
+    DurabilityOptions: "stopping, disk and memory guards, resuming",
+    Img2datasetOptions: "img2dataset flags without a fetcher twin (mapped or explained; README: img2dataset flags)",
 }
+_EPILOG = """\
+flags marked BYTES take a plain byte count; --min-free-disk and --worker-max-memory take 500M / 2G.
+every option can also come from --config FILE.toml (key = flag name) or FETCHER_<FLAG_NAME> variables.
+
+examples:
+  python -m fetcher --input urls.parquet --output out/
+  python -m fetcher --input 'laion/part-*.parquet' --url-col URL --caption-col TEXT --output s3://bucket/laion \\
+      --image-size 512 --resize-mode center_crop --shard 3/16
+  python -m fetcher --url_list data --input_format parquet --url_col URL --caption_col TEXT \\
+      --output_format files --output_folder out --thread_count 128 --image_size 1024   # img2dataset spelling
+  python -m fetcher metadata out/        # rebuild wids-index.json / metadata.parquet of an output
+
+exit codes: 0 done, 2 bad flags or input, 75 I/O error, 130/143 stopped by a signal.
+README.md has the full guide, the img2dataset flag table and the metrics reference."""
+_USAGE = """python -m fetcher --input PATH --output DIR [options]
+       python -m fetcher metadata OUTPUT"""
 
 
 @dataclass(frozen=True)
@@ -166,10 +193,11 @@ class Config:
     imaging: ImageOptions
     monitor: MonitorOptions
     durability: DurabilityOptions
+    img2dataset: Img2datasetOptions
 
     def validate(self) -> None:
+        self.run.validate(need_input=not self.output.print_simpletuner_config)
         for part in (
-            self.run,
             self.input,
             self.output,
             self.http,
@@ -177,6 +205,7 @@ class Config:
             self.imaging,
             self.monitor,
             self.durability,
+            self.img2dataset,
         ):
             part.validate()
 
@@ -187,11 +216,30 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"fetcher: error: {message}\n")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--image-size, --image_size N`` (the value once, after every spelling), wide enough columns."""
+
+    def __init__(self, prog: str) -> None:
+        width = min(shutil.get_terminal_size().columns, 120) - 2
+        super().__init__(prog, max_help_position=38, width=width)
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        value = self._format_args(action, self._get_default_metavar_for_optional(action))
+        return ", ".join(action.option_strings) + " " + value
+
+
 def make_parser() -> argparse.ArgumentParser:
     """The full ``python -m fetcher`` argument parser."""
     parser = _Parser(
         prog="python -m fetcher",
-        description="Download image URL lists into resized webdataset shards.",
+        usage=_USAGE,
+        description="Download image URL lists (parquet, jsonl, csv, txt) into resized webdataset tars, image "
+        "folders or parquet, politely per host, resumably, with a results table row for every input row.\n\n"
+        "subcommands:\n  metadata OUTPUT       rebuild an output's wids-index.json and metadata.parquet",
+        epilog=_EPILOG,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"fetcher {__version__}")
     parser.add_argument("--config", metavar="TOML", help="read option defaults from a TOML file")
@@ -218,6 +266,10 @@ def load_config(argv: list[str] | None = None) -> Config:
         apply_defaults(parser, OPTION_CLASSES, table, pre.config)
     apply_defaults(parser, OPTION_CLASSES, env_values(OPTION_CLASSES), "environment")
     ns = parser.parse_args(argv)
+    setup_logging(getattr(ns, dest(MonitorOptions, "log_format")))
+    for warning in unknown_env(OPTION_CLASSES):
+        log.warning("%s", warning)
+    compat.apply(ns)
     cfg = Config(
         run=build(RunOptions, ns),
         input=build(InputOptions, ns),
@@ -227,6 +279,15 @@ def load_config(argv: list[str] | None = None) -> Config:
         imaging=build(ImageOptions, ns),
         monitor=build(MonitorOptions, ns),
         durability=build(DurabilityOptions, ns),
+        img2dataset=build(Img2datasetOptions, ns),
     )
     cfg.validate()
+    cpus = available_cpus()
+    if cfg.run.processes > 2 * cpus:
+        log.warning(
+            "--processes %d but this process may use %d CPU(s) (affinity and cgroup quota): the engines will "
+            "share them; 0 (the default) starts one per usable CPU",
+            cfg.run.processes,
+            cpus,
+        )
     return cfg

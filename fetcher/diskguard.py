@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
-import sys
 import time
 
 from fetcher.lifecycle import DurabilityOptions, RunAborted
+
+log = logging.getLogger(__name__)
 
 
 def free_bytes(path: str) -> int:
@@ -70,11 +72,11 @@ class DiskGuard:
         self.pauses += 1
         self._ok.clear()
         start = time.monotonic()
-        print(
-            f"fetcher: disk low: {_mib(free)} free on {self.path} < --min-free-disk {self.opts.min_free_disk}; "
-            "paused until space is freed",
-            file=sys.stderr,
-            flush=True,
+        log.warning(
+            "disk low: %s free on %s < --min-free-disk %s; paused until space is freed",
+            _mib(free),
+            self.path,
+            self.opts.min_free_disk,
         )
         try:
             while self.low() is not None:
@@ -83,7 +85,7 @@ class DiskGuard:
             self.paused_seconds += time.monotonic() - start
             self.paused = False
             self._ok.set()
-        print(f"fetcher: disk space back ({_mib(free_bytes(self.path))} free); resuming", file=sys.stderr, flush=True)
+        log.info("disk space back (%s free); resuming", _mib(free_bytes(self.path)))
 
     async def wait_ok(self) -> None:
         """Block while a pause is in progress."""

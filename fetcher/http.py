@@ -9,6 +9,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 from urllib.parse import urljoin
 
@@ -48,7 +49,14 @@ class HttpOptions:
         metavar="CIDR",
     )
     respect_robots_tag: bool = opt(
-        "--respect-robots-tag", True, "skip images whose X-Robots-Tag says noai/noimageai/noindex/noimageindex"
+        "--respect-robots-tag", True, "skip images whose X-Robots-Tag has one of --disallowed-header-directives"
+    )
+    disallowed_header_directives: list[str] = opt(  # noqa: RUF009 - opt() gives a list a default_factory
+        "--disallowed-header-directives",
+        sorted(_ROBOTS_DENY),
+        "X-Robots-Tag directives that skip an image (img2dataset's list syntax too; '[]' = none)",
+        aliases=("--disallowed_header_directives",),
+        metavar="DIRECTIVE",
     )
 
     def validate(self) -> None:
@@ -63,6 +71,11 @@ class HttpOptions:
             parse_networks(self.allow_network)
         except ValueError as exc:
             raise ConfigError(f"--allow-network: {exc}") from None
+
+    @cached_property
+    def deny_directives(self) -> frozenset[str]:
+        """--disallowed-header-directives, lower-cased for matching."""
+        return frozenset(d.lower() for d in self.disallowed_header_directives)
 
     @property
     def full_user_agent(self) -> str:
@@ -108,13 +121,13 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def robots_denied(header: str | None) -> bool:
-    """True when an X-Robots-Tag value forbids AI use or indexing of the image."""
+def robots_denied(header: str | None, deny: frozenset[str] = _ROBOTS_DENY) -> bool:
+    """True when an X-Robots-Tag value has one of the ``deny`` directives (AI use, indexing)."""
     if not header:
         return False
     for part in header.lower().replace(";", ",").split(","):
         token = part.split(":")[-1].strip()  # "googlebot: noindex" style prefixes apply to everyone here
-        if token in _ROBOTS_DENY:
+        if token in deny:
             return True
     return False
 
@@ -206,7 +219,7 @@ class HttpClient:
                 detail=f"HTTP {resp.status} {resp.reason or ''}".strip(),
                 retry_after=parse_retry_after(resp.headers.get("Retry-After")),
             )
-        if self.opts.respect_robots_tag and robots_denied(resp.headers.get("X-Robots-Tag")):
+        if self.opts.respect_robots_tag and robots_denied(resp.headers.get("X-Robots-Tag"), self.opts.deny_directives):
             return FetchOutcome(
                 reason=Reason.ROBOTS_DISALLOWED,
                 http_status=resp.status,

@@ -29,6 +29,24 @@ from fetcher.records import ImageOutcome, Reason
 RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border", "multiple_of_64")
 ENCODE_FORMATS = ("jpg", "webp", "png")
 HASHES = ("sha256", "md5", "xxh3", "none")
+# img2dataset's (OpenCV) interpolation names -> Pillow filters; "area" is a box filter in both.
+INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST,
+    "linear": Image.Resampling.BILINEAR,
+    "bilinear": Image.Resampling.BILINEAR,
+    "cubic": Image.Resampling.BICUBIC,
+    "bicubic": Image.Resampling.BICUBIC,
+    "area": Image.Resampling.BOX,
+    "lanczos": Image.Resampling.LANCZOS,
+    "lanczos4": Image.Resampling.LANCZOS,
+}
+
+
+def int_or_inf(text: str) -> int:
+    """An integer limit where img2dataset's ``inf`` means no limit (0 here)."""
+    return 0 if text.strip().lower() in ("inf", "infinity", "none") else int(text)
+
+
 _PIL_FORMAT = {"jpg": "JPEG", "webp": "WEBP", "png": "PNG"}
 # Names users may write for a format -> Pillow's name. MPO is what cameras' multi-picture JPEGs open as.
 _FORMAT_ALIASES = {"JPG": "JPEG", "TIF": "TIFF", "MPO": "JPEG"}
@@ -86,6 +104,20 @@ class ImageOptions:
         "keep the original bytes when no resize is needed and the format already matches",
         aliases=("--skip_reencode",),
     )
+    downscale_interpolation: str = opt(
+        "--downscale-interpolation",
+        "lanczos",
+        "resampling filter when shrinking (img2dataset's default is area)",
+        choices=tuple(INTERPOLATIONS),
+        aliases=("--downscale_interpolation",),
+    )
+    upscale_interpolation: str = opt(
+        "--upscale-interpolation",
+        "lanczos",
+        "resampling filter when enlarging",
+        choices=tuple(INTERPOLATIONS),
+        aliases=("--upscale_interpolation",),
+    )
     max_image_pixels: int = opt("--max-image-pixels", 178_956_970, "images with more pixels are refused as bombs")
     background: str = opt("--background", "#ffffff", "colour that transparent pixels are composited on")
     allowed_formats: str = opt(
@@ -95,7 +127,11 @@ class ImageOptions:
         "--min-image-size", 0, "refuse images whose short side is smaller (0 = off)", aliases=("--min_image_size",)
     )
     max_image_area: int = opt(
-        "--max-image-area", 0, "refuse images with more pixels than this (0 = off)", aliases=("--max_image_area",)
+        "--max-image-area",
+        0,
+        "refuse images with more pixels than this (0 or inf = off)",
+        aliases=("--max_image_area",),
+        type=int_or_inf,
     )
     max_aspect_ratio: float = opt(
         "--max-aspect-ratio",
@@ -155,6 +191,8 @@ class ImageOptions:
                 raise ConfigError(f"{flag} must be >= 0")
         if 0 < self.max_aspect_ratio < self.min_aspect_ratio:
             raise ConfigError("--min-aspect-ratio is larger than --max-aspect-ratio")
+        if self.hash not in HASHES:
+            raise ConfigError(f"--hash {self.hash!r}: expected one of {', '.join(HASHES)}")
         if self.verify_hash and self.hash == "none":
             raise ConfigError("--verify-hash needs a --hash other than none")
 
@@ -394,7 +432,9 @@ def _render(op: _Opened, opts: ImageOptions) -> Image.Image:
         # first (palettes cannot be Lanczos-resized, alpha is composited before it is averaged).
         img = _to_rgb(img, opts.background)
     if img.size != stored:
-        img = img.resize(stored, Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
+        shrink = stored[0] * stored[1] < img.width * img.height
+        name = opts.downscale_interpolation if shrink else opts.upscale_interpolation
+        img = img.resize(stored, INTERPOLATIONS[name], reducing_gap=REDUCING_GAP)
     if op.orientation in _ORIENTATION:
         # Rotating the small result is cheaper than rotating the decode; the tag is not re-written.
         img = img.transpose(_ORIENTATION[op.orientation])

@@ -7,6 +7,7 @@ a second one exits at once (nothing half-done is ever visible: open tars are onl
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -14,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fetcher.options import ConfigError, opt
+
+log = logging.getLogger(__name__)
 
 LOW_DISK_ACTIONS = ("pause", "exit")
 _EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -120,9 +123,9 @@ class SignalGate:
 
     def _handle(self, sig: signal.Signals) -> None:
         if self.received is not None:
-            print(f"fetcher: second {sig.name}: exiting now; incomplete tars will be redone", file=sys.stderr)
+            log.warning("second %s: exiting now; incomplete tars will be redone", sig.name)
             sys.stderr.flush()
             os._exit(exit_code_for(sig))
         self.received = sig
-        print(f"fetcher: {sig.name} received: stopping (again to exit at once)", file=sys.stderr)
+        log.warning("%s received: stopping (again to exit at once)", sig.name)
         self.on_stop(sig)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
+import logging
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -21,7 +21,10 @@ from fetcher.scheduler import Scheduler
 from fetcher.summary import RunStats
 from fetcher.workers import ImagingPool
 
+log = logging.getLogger(__name__)
+
 LAG_PROBE = 0.25  # seconds between event-loop lag samples
+FINAL_SCRAPE_MAX = 60.0  # longest wait at exit for the scrape that sees a finished shard
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -39,10 +42,14 @@ class Monitor:
         self.metrics.planned_rows = stats.total_rows
         self.progress = ProgressView(stats, opts.progress, opts.log_format, opts.log_interval, f"{shard[0]}/{shard[1]}")
         self.ready = False
-        self.announce = True  # say where /metrics is (an engine process of a box keeps quiet: the box says it)
+        # The endpoint users scrape: announced, and kept up for one last scrape. An engine process of a
+        # box is not: only its box parent asks it.
+        self.public = True
         self.bound: tuple[str, int] | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._scrapes: list[float] = []  # loop times of the last two /metrics requests
+        self._scraped = asyncio.Event()
 
     # -- events ----------------------------------------------------------------------------------
     def row_read(self) -> None:
@@ -94,7 +101,7 @@ class Monitor:
         self.ready = True
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, *exc: Any) -> None:
         self.ready = False
         for task in self._tasks:
             task.cancel()
@@ -103,7 +110,20 @@ class Monitor:
                 await task
         self.progress.close()
         if self._runner is not None:
+            if self.public and exc_type is None and self.stats.rows_done >= self.stats.total_rows:
+                await self._final_scrape()
             await self._runner.cleanup()
+
+    async def _final_scrape(self) -> None:
+        """Stay up for one more scrape once the shard is finished, so Prometheus's last sample says
+        "done" and FetcherInstanceDown stays quiet. Only when a scraper is seen (two scrapes give its
+        interval); nobody scraping costs nothing."""
+        if len(self._scrapes) < 2:
+            return
+        interval = self._scrapes[-1] - self._scrapes[-2]
+        self._scraped.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._scraped.wait(), min(1.5 * interval + 1.0, FINAL_SCRAPE_MAX))
 
     async def _serve(self, host: str, port: int) -> None:
         app = web.Application()
@@ -118,19 +138,21 @@ class Monitor:
         except OSError as exc:
             # Metrics are for watching, not for the data: a busy port (a second run on the box) must
             # not cost a days-long download. Say so on one line and go on without the endpoint.
-            print(
-                f"fetcher: warning: no metrics endpoint, cannot listen on {host}:{port}: {exc.strerror}",
-                file=sys.stderr,
-            )
+            log.warning("no metrics endpoint, cannot listen on %s:%s: %s", host, port, exc.strerror)
             await self._runner.cleanup()
             self._runner = None
             return
         bound = self._runner.addresses[0]
         self.bound = (str(bound[0]), int(bound[1]))
-        if self.announce:
-            print(f"fetcher: metrics on http://{host}:{self.bound[1]}/metrics", file=sys.stderr, flush=True)
+        if self.public:
+            log.info("metrics on http://%s:%s/metrics", host, self.bound[1])
+
+    def _note_scrape(self) -> None:
+        self._scrapes = [*self._scrapes[-1:], asyncio.get_running_loop().time()]
+        self._scraped.set()
 
     async def _metrics(self, _req: web.Request) -> web.Response:
+        self._note_scrape()
         return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
     def health(self) -> tuple[bool, dict[str, Any]]:

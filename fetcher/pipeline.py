@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
 import time
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from fetcher.boxslots import BoxSlots
 from fetcher.config import Config
 from fetcher.diskguard import DiskFull, DiskGuard, is_disk_full
+from fetcher.hostmix import HostMix
 from fetcher.http import HttpClient
 from fetcher.lifecycle import RunAborted, SignalGate, exit_code_for
 from fetcher.monitor import Monitor
@@ -31,6 +33,8 @@ from storage.backend import is_remote
 from storage.layout import ShardFiles
 from storage.output import Output
 from storage.shard import ShardWriter
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,7 @@ class Pipeline:
         self.cfg = plan.cfg
         self.stats = plan.new_stats()
         self.scheduler = Scheduler(self.cfg.scheduler, box=box)
+        self.hostmix = HostMix(self.cfg.scheduler.concurrency, self.scheduler.limits)
         self.budget = ByteBudget(self.cfg.run.max_bytes_in_flight)
         self.monitor = Monitor(self.cfg.monitor, self.stats, self.cfg.run.shard_pair, plan.output.local_root)
         self.disk = DiskGuard(plan.output.local_root, self.cfg.durability)
@@ -254,6 +259,8 @@ class Pipeline:
                 self._maybe_finalize(writer)
         finally:
             self.scheduler.close()
+            if self.hostmix.decide():
+                self.stats.notes.append(str(self.hostmix.note))
 
     async def _read_tar(self, tar: TarPlan, retry: RetryPlan | None) -> None:
         policy = self.http.policy
@@ -273,7 +280,9 @@ class Pipeline:
             except UrlRefused as exc:
                 self._finish(SampleResult.failure(row, exc.reason, exc.detail))
                 continue
-            await self.scheduler.put(Job(row=row, url=url, host=self.scheduler.key_of(url)))
+            host = self.scheduler.key_of(url)
+            self.hostmix.see(host)
+            await self.scheduler.put(Job(row=row, url=url, host=host))
             self.monitor.row_scheduled()
 
     async def _dispatch(self) -> None:
@@ -388,11 +397,11 @@ def run(cfg: Config, plan: RunPlan | None = None) -> RunStats:
     try:
         stats = uvloop.run(pipeline.run())
     except RunAborted:
-        print(pipeline.summary_line(), file=sys.stderr)
+        log.info("%s", pipeline.summary_line().removeprefix("fetcher: "))
         raise
     if pipeline.stop_signal is not None:
-        print(pipeline.summary_line(), file=sys.stderr)
-    else:
-        print(stats.format(), file=sys.stderr)
+        log.info("%s", pipeline.summary_line().removeprefix("fetcher: "))
+    elif cfg.monitor.log_format == "text":  # json: the progress view already wrote the summary object
+        sys.stderr.write(stats.format() + "\n")
     stats.exit_code = exit_code_for(pipeline.stop_signal)
     return stats

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import shutil
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
+from fetcher.logs import set_line_owner
 from fetcher.summary import RunStats
 
 BAR_WIDTH = 24
@@ -57,22 +62,93 @@ class RateWindow:
         return Rates((stats.ok - ok0) / dt, (stats.rows_done - rows0) / dt, (stats.bytes_downloaded - bytes0) / dt)
 
 
-def progress_bar(stats: RunStats, rates: Rates | None = None, width: int = BAR_WIDTH) -> str:
-    """One line: rows done/total, images/s, success %, MB/s, ETA (at ``rates``, default: run averages)."""
+@dataclass(frozen=True)
+class BarField:
+    """One ``|``-separated part of the bar line; when the terminal is too narrow the lowest
+    ``priority`` goes first (ties: the rightmost), so new fields only need a priority."""
+
+    text: str
+    priority: int
+
+
+# Priorities of the built-in fields; other stages' fields slot in between (higher = kept longer).
+PRIO_ROWS = 100  # never dropped: the one thing a glance must show
+PRIO_ETA = 80
+PRIO_IMAGES = 70
+PRIO_BAR = 50
+PRIO_OK = 40
+PRIO_BYTES = 20
+MIN_BAR_WIDTH = 10
+
+
+def progress_bar(
+    stats: RunStats,
+    rates: Rates | None = None,
+    width: int = BAR_WIDTH,
+    columns: int | None = None,
+    extra: tuple[BarField, ...] = (),
+) -> str:
+    """One line: rows done/total, images/s, success %, MB/s, ETA (at ``rates``, default: run averages).
+
+    ``columns``: the terminal width the line must fit in (None: no limit); the ``#`` bar shrinks
+    first, then fields drop by priority. ``extra`` fields go before the ETA.
+    """
     if rates is None:
         e = stats.elapsed
         rates = Rates(stats.ok / e, stats.rows_done / e, stats.bytes_downloaded / e)
     total = max(stats.total_rows, 1)
     frac = min(stats.rows_done / total, 1.0)
-    filled = int(frac * width)
-    bar = "#" * filled + "-" * (width - filled)
     left = stats.total_rows - stats.rows_done
     eta = left / rates.rows if rates.rows > 0 else (0.0 if left <= 0 else None)
-    return (
-        f"[{bar}] {stats.rows_done}/{stats.total_rows} rows {100 * frac:5.1f} %"
-        f" | {rates.images:6.1f} img/s | ok {100 * stats.success_ratio:5.1f} %"
-        f" | {rates.bytes / 1e6:6.2f} MB/s | ETA {format_duration(eta)}"
-    )
+    rows = BarField(f"{stats.rows_done}/{stats.total_rows} rows {100 * frac:5.1f} %", PRIO_ROWS)
+    fields = [
+        BarField(f"{rates.images:6.1f} img/s", PRIO_IMAGES),
+        BarField(f"ok {100 * stats.success_ratio:5.1f} %", PRIO_OK),
+        BarField(f"{rates.bytes / 1e6:6.2f} MB/s", PRIO_BYTES),
+        *extra,
+        BarField(f"ETA {format_duration(eta)}", PRIO_ETA),
+    ]
+    bar_width: int | None = width
+
+    def render() -> str:
+        head = rows.text
+        if bar_width is not None:
+            filled = int(frac * bar_width)
+            head = "[" + "#" * filled + "-" * (bar_width - filled) + "] " + head
+        return " | ".join([head, *(f.text for f in fields)])
+
+    line = render()
+    while columns is not None and len(line) > columns:
+        if bar_width is not None and bar_width > MIN_BAR_WIDTH:
+            bar_width = max(MIN_BAR_WIDTH, bar_width - (len(line) - columns))
+        else:
+            candidates = [(f.priority, -i) for i, f in enumerate(fields)]
+            if bar_width is not None:
+                candidates.append((PRIO_BAR, 1))
+            if not candidates:
+                return line[:columns]
+            _prio, neg_i = min(candidates)
+            if neg_i == 1:
+                bar_width = None
+            else:
+                del fields[-neg_i]
+        line = render()
+    if columns is not None and bar_width is not None and bar_width < width and len(line) < columns:
+        bar_width = min(width, bar_width + columns - len(line))  # a dropped field left room: widen the bar again
+        line = render()
+    return line
+
+
+def terminal_columns(stream: TextIO) -> int:
+    """Usable width of the terminal behind ``stream``: one less than its columns, because writing
+    the last column makes many terminals wrap before the ``\r`` comes."""
+    try:
+        cols = os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        cols = 0
+    if cols <= 0:  # not a terminal, or one that reports no size (a bare pty): $COLUMNS, else 80
+        cols = shutil.get_terminal_size().columns
+    return max(cols - 1, 20)
 
 
 def log_line(stats: RunStats, fmt: str, shard: str) -> str:
@@ -105,6 +181,8 @@ class ProgressView:
         self.interval = BAR_REFRESH if mode == "bar" else log_interval
         self._drawn = False
         self._window = RateWindow()
+        # Other stages add bar fields here (each called per redraw; None = nothing to show now).
+        self.fields: list[Callable[[], BarField | None]] = []
 
     @property
     def enabled(self) -> bool:
@@ -113,17 +191,29 @@ class ProgressView:
     def tick(self) -> None:
         """Redraw the bar or write one log line."""
         if self.mode == "bar":
-            self.stream.write("\r" + progress_bar(self.stats, self._window.update(self.stats)) + "\x1b[K")
+            extra = tuple(f for f in (get() for get in self.fields) if f is not None)
+            rates = self._window.update(self.stats)
+            line = progress_bar(self.stats, rates, columns=terminal_columns(self.stream), extra=extra)
+            self.stream.write("\r" + line + "\x1b[K")
+            if not self._drawn:
+                set_line_owner(self.clear_line)
             self._drawn = True
         elif self.mode == "log":
             self.stream.write(log_line(self.stats, self.log_format, self.shard) + "\n")
         self.stream.flush()
+
+    def clear_line(self, stream: TextIO) -> None:
+        """Called before a log message: wipe the bar so the message gets the line (the next tick redraws)."""
+        if self._drawn and stream is self.stream:
+            stream.write("\r\x1b[K")
 
     def close(self) -> None:
         """Final state: the bar at its end value on its own line; in JSON mode the summary as one object."""
         if self.mode == "bar" and self._drawn:
             self.tick()
             self.stream.write("\n")
-        if self.log_format == "json" and self.mode != "off":
+            set_line_owner(None)
+            self._drawn = False
+        if self.log_format == "json":
             self.stream.write(json.dumps({"event": "summary", "shard": self.shard, **self.stats.as_dict()}) + "\n")
         self.stream.flush()

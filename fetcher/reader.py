@@ -37,7 +37,11 @@ class InputOptions:
 
     url_col: str = opt("--url-col", "url", "column holding the image URL", aliases=("--url_col",))
     caption_col: str = opt(
-        "--caption-col", "caption", "column holding the caption ('' for none)", aliases=("--caption_col",)
+        "--caption-col",
+        "caption",
+        "column holding the caption ('' or None for none)",
+        aliases=("--caption_col",),
+        type=lambda text: "" if text == "None" else text,
     )
     save_columns: str = opt(
         "--save-columns",

@@ -19,7 +19,9 @@ from storage.layout import ShardFiles
 from storage.results import BASE_SCHEMA
 
 # SHUTDOWN: rows of a tar stopped mid-way; the watchdog records its rows as TIMEOUT.
-RETRY_FAILED_REASONS = RETRYABLE | {Reason.HOST_UNAVAILABLE, Reason.SHUTDOWN}
+# BLOCKED_ADDRESS: refused by the address policy, which the rerun may have widened
+# (--allow-private-networks / --allow-network); re-checking costs no request when it has not.
+RETRY_FAILED_REASONS = RETRYABLE | {Reason.HOST_UNAVAILABLE, Reason.SHUTDOWN, Reason.BLOCKED_ADDRESS}
 
 
 @dataclass

@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from fetcher.records import SampleResult, Status
+from fetcher.records import Reason, SampleResult, Status
 
 
 @dataclass
@@ -27,6 +27,7 @@ class RunStats:
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
     exit_code: int = 0  # 130/143 after a stop signal
+    notes: list[str] = field(default_factory=list)  # said at start, repeated in the summary (e.g. one-host lists)
 
     def record(self, res: SampleResult) -> None:
         """Count one final row result."""
@@ -45,6 +46,7 @@ class RunStats:
             setattr(self, name, sum(getattr(p, name) for p in parts))
         self.by_status = sum((p.by_status for p in parts), Counter())
         self.by_reason = sum((p.by_reason for p in parts), Counter())
+        self.notes = list(dict.fromkeys(n for p in parts for n in p.notes))
 
     @property
     def elapsed(self) -> float:
@@ -94,7 +96,26 @@ class RunStats:
             "elapsed_seconds": round(self.elapsed, 2),
             "eta_seconds": None if eta is None else round(eta, 1),
             "failed_by_reason": dict(self.by_reason.most_common()),
+            "hints": self.hints(),
         }
+
+    def hints(self) -> list[str]:
+        """What to do next, when the counts say a rerun as-is would not help."""
+        out = list(self.notes)
+        blocked = self.by_reason.get(Reason.BLOCKED_ADDRESS.value, 0)
+        if blocked:
+            share = f"all {blocked}" if blocked == self.rows_done else f"{blocked}"
+            out.append(
+                f"{share} rows were refused as loopback/private/link-local addresses (blocked_address). If those "
+                "hosts are yours, allow them with --allow-private-networks (or --allow-network CIDR) and rerun "
+                "with --retry-failed, or into a fresh --output: a plain rerun skips finished tars"
+            )
+        if self.tars_total and self.tars_skipped == self.tars_total and not self.rows_done:
+            out.append(
+                "every tar of this shard was already complete: nothing was fetched. --retry-failed re-fetches "
+                "rows that failed for retryable or policy reasons; a fresh --output starts over"
+            )
+        return out
 
     def format(self) -> str:
         """A human summary table."""
@@ -113,10 +134,16 @@ class RunStats:
         if filtered:
             lines.append(f"  filtered    {filtered}")
         mb_in, mb_out = self.bytes_downloaded / 1e6, self.bytes_written / 1e6
+        if not mb_in:
+            change = ""
+        elif mb_out <= mb_in:
+            change = f" ({mb_out / mb_in * 100:.0f} %, {mb_in - mb_out:.1f} MB saved by resizing)"
+        else:  # upscaling or re-encoding small, well-compressed images makes them bigger
+            change = f" ({mb_out / mb_in * 100:.0f} %, {mb_out - mb_in:.1f} MB more than downloaded)"
         lines += [
             f"  time        {self.elapsed:.1f} s, {self.images_per_second:.1f} images/s,"
             f" {self.rows_done / self.elapsed:.1f} rows/s, {mb_in / self.elapsed:.2f} MB/s downloaded",
-            f"  bytes       {mb_in:.1f} MB downloaded -> {mb_out:.1f} MB written"
-            + (f" ({mb_out / mb_in * 100:.0f} %, {mb_in - mb_out:.1f} MB saved by resizing)" if mb_in else ""),
+            f"  bytes       {mb_in:.1f} MB downloaded -> {mb_out:.1f} MB written{change}",
         ]
+        lines += [f"  hint        {hint}" for hint in self.hints()]
         return "\n".join(lines)

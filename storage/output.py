@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -21,6 +21,8 @@ from storage.layout import ShardFiles
 from storage.shard import ShardWriter
 from storage.sinks import FilesSink, ParquetSink, SampleSink
 from storage.tarwriter import TarSink
+
+log = logging.getLogger(__name__)
 
 OUTPUT_FORMATS = ("webdataset", "files", "parquet")
 
@@ -132,7 +134,7 @@ class Output:
             if self.opts.output_format == "files":
                 update_metadata(self.backend)
         except (OSError, ValueError) as exc:
-            print(f"fetcher: warning: index update failed ({exc}); rerun `python -m fetcher metadata`", file=sys.stderr)
+            log.warning("index update failed (%s); rerun `python -m fetcher metadata`", exc)
 
 
 def rebuild(url: str) -> dict[str, int]:

@@ -97,6 +97,29 @@ def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _nullable_dtype(arrow_type: str) -> str:
+    """``int32`` -> ``Int32``, ``uint8`` -> ``UInt8``: pandas' nullable integer dtype names."""
+    return "UInt" + arrow_type[4:] if arrow_type.startswith("uint") else "Int" + arrow_type[3:]
+
+
+def nullable_int_metadata(schema: pa.Schema) -> dict[bytes, bytes]:
+    """pandas metadata that makes ``pd.read_parquet`` give integer columns nullable ``Int32``-style dtypes,
+    not float64, when a failed row left them empty (width/height of a failure, http_status of a refusal)."""
+    columns = [
+        {
+            "name": f.name,
+            "field_name": f.name,
+            "pandas_type": str(f.type),
+            "numpy_type": _nullable_dtype(str(f.type)),
+            "metadata": None,
+        }
+        for f in schema
+        if pa.types.is_integer(f.type)
+    ]
+    doc = {"index_columns": [], "column_indexes": [], "columns": columns}
+    return {b"pandas": json.dumps(doc).encode()}
+
+
 def write_results(
     path: str, results: list[SampleResult], save_columns: list[str], hash_column: str | None = HASH_FIELD
 ) -> None:
@@ -116,7 +139,8 @@ def write_results(
             arr = pa.array([None if v is None else str(v) for v in values], type=pa.string())
         arrays.append(arr)
         fields.append(pa.field(col, arr.type))
-    table = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+    schema = pa.schema(fields)
+    table = pa.Table.from_arrays(arrays, schema=schema.with_metadata(nullable_int_metadata(schema)))
     with atomic_file(path) as fh:
         pq.write_table(table, fh, compression="zstd")
 

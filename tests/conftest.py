@@ -14,6 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from fetcher.farm import Farm, FarmThread
+from tests.skipguard import (  # noqa: F401 (pytest finds these hooks by name here)
+    pytest_configure,
+    pytest_runtest_logreport,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)
 
 FARM_ADDRESSES = tuple(f"127.0.0.{i}" for i in range(2, 10))
 ROOT = Path(__file__).resolve().parent.parent

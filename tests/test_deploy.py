@@ -102,9 +102,28 @@ def test_systemd_unit_runs_shard_i_with_its_own_metrics_port(tmp_path: Path) -> 
     env = dict(os.environ, PYTHONPATH=str(ROOT), FETCHER_SHARDS="4", FETCHER_INPUT="in", FETCHER_OUTPUT="out")
     out = subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "(2, 4) ('127.0.0.1', 9110)", out.stderr
-    # deploy/prometheus/prometheus.yml scrapes the first four instances.
+    # deploy/prometheus/prometheus.yml scrapes what compose runs: one fetcher on 9108 (more units: more lines).
     targets = yaml.safe_load((PROM / "prometheus.yml").read_text())["scrape_configs"][0]["static_configs"][0]
-    assert targets["targets"] == [f"127.0.0.1:{9108 + i}" for i in range(4)]
+    assert targets["targets"] == ["127.0.0.1:9108"]
+
+
+def test_systemd_unit_creates_and_hands_over_the_output_folder(tmp_path: Path) -> None:
+    unit = (DEPLOY / "systemd" / "fetcher@.service").read_text()
+    settings = dict(re.findall(r"^(\w+)=(.*)$", unit, re.M))
+    user = settings["User"]
+    pre = settings["ExecStartPre"]
+    assert pre.startswith("+"), "the folder step must run as root ('+') to chown"
+    argv = shlex.split(pre[1:])
+    assert argv[:2] == ["/bin/sh", "-c"] and f"chown {user}:{settings['Group']}" in argv[2]
+    me = f"{os.getuid()}:{os.getgid()}"  # the test cannot assume a 'fetcher' user: chown to ourselves
+    script = argv[2].replace(f"{user}:{settings['Group']}", me)
+    out = tmp_path / "data" / "laion-256"
+    for value in (str(out), "s3://bucket/prefix"):
+        env = dict(os.environ, FETCHER_OUTPUT=value)
+        proc = subprocess.run(["/bin/sh", "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+    assert out.is_dir() and (out.stat().st_uid, out.stat().st_gid) == (os.getuid(), os.getgid())
+    assert not (tmp_path / "s3:").exists()  # an object-store URL is not a folder to make
 
 
 def test_dockerfile_and_compose_refer_to_real_files() -> None:
@@ -115,7 +134,14 @@ def test_dockerfile_and_compose_refer_to_real_files() -> None:
     assert "bash deploy/install.sh" in docker  # Pillow-SIMD built the one tested way
     assert "EXPOSE 9108" in docker
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
-    assert set(compose["services"]) == {"fetcher", "prometheus", "grafana"}
+    assert set(compose["services"]) == {"output-folder", "fetcher", "prometheus", "grafana"}
+    # The output folder is created and chowned to the image's user before fetcher starts.
+    uid = re.search(r"useradd --uid (\d+)", docker)
+    init = compose["services"]["output-folder"]
+    assert uid and f"chown {uid[1]}:{uid[1]} /data/output" in " ".join(init["entrypoint"])
+    assert init["user"] == "0:0" and init["volumes"] == compose["services"]["fetcher"]["volumes"][1:]
+    depends = compose["services"]["fetcher"]["depends_on"]["output-folder"]
+    assert depends["condition"] == "service_completed_successfully"
     build = compose["services"]["fetcher"]["build"]
     assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == (DEPLOY / "Dockerfile").resolve()
     for svc in compose["services"].values():

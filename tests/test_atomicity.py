@@ -40,7 +40,7 @@ PARQUET = re.compile(r"^(\d{5,})\.parquet$")
 STATS = re.compile(r"^(\d{5,})_stats\.json$")
 FINAL = (TAR, PARQUET, STATS, re.compile(r"^wids-index\.json$"), re.compile(r"^metadata\.parquet$"))
 # Kill instants, seconds after the first marker appeared: spread over the busy publishing phase.
-KILL_DELAYS = (0.0, 0.03, 0.08, 0.15, 0.25, 0.4, 0.6, 0.9)
+KILL_DELAYS = (0.0, 0.05, 0.15, 0.35, 0.7)
 
 
 def _urls(farm: Farm, rows: int, tag: str) -> list[str]:
@@ -154,9 +154,10 @@ def test_sigkill_at_any_instant_leaves_no_partial_file_under_a_final_name(farm: 
     for i, delay in enumerate(KILL_DELAYS):
         out = tmp_path / f"out{i}"
         landed.append(_kill_during_publishing(inp, out, delay))
-        markers.append(check_final_names(out)["marker"])
+        counts = check_final_names(out)
+        markers.append(counts["marker"])
     # The kills must have hit runs in the middle of publishing, or the checks above proved nothing.
-    assert sum(landed) >= len(KILL_DELAYS) - 2, (landed, markers)
+    assert sum(landed) >= len(KILL_DELAYS) - 1, (landed, markers)
     assert all(n > 0 for n in markers) and min(markers) < 300, markers
 
 

@@ -60,13 +60,6 @@ def test_robots_tag_ignored_when_turned_off_and_user_agent_replaced(farm: Farm, 
     assert _user_agents(farm, tag) == {"acme-crawler/2.1"}
 
 
-def test_default_user_agent_is_sent(farm: Farm, tmp_path: Path) -> None:
-    tag = uuid.uuid4().hex[:8]
-    url = farm.url(f"/img/small.jpg?t={tag}")
-    assert _fetch(tmp_path, [url])[url]["status"] == "success"
-    assert _user_agents(farm, tag) == {DEFAULT_UA}
-
-
 # -- Retry-After as an HTTP date ---------------------------------------------------------------------
 RETRY_IN = 3  # seconds; an HTTP date has whole seconds, so the real pause is between 2 and 3 s
 
@@ -91,6 +84,8 @@ def test_retry_after_http_date_pauses_the_host(tmp_path: Path) -> None:
         # One request at a time, in input order: the first answer (503 + date) comes before the others start.
         rows = _fetch(tmp_path, urls, "--retries", "1", "--backoff-base", "0.05", "--per-host-concurrency", "1")
         log = [(a.t, a.path) for a in farm.state.arrivals]
+        agents = {a.headers.get("User-Agent") for a in farm.state.arrivals}
+    assert agents == {DEFAULT_UA}  # no --user-agent flags: the default, without a token
     assert [rows[u]["status"] for u in urls] == ["success"] * 4, rows
     assert rows[urls[0]]["attempts"] == 2
     t503 = log[0][0]

@@ -38,16 +38,34 @@ SAMPLES_PER_TAR = 2
 TAR = re.compile(r"^(\d{5,})\.tar$")
 PARQUET = re.compile(r"^(\d{5,})\.parquet$")
 STATS = re.compile(r"^(\d{5,})_stats\.json$")
-FINAL = (TAR, PARQUET, STATS, re.compile(r"^wids-index\.json$"), re.compile(r"^metadata\.parquet$"))
+FOLDER = re.compile(r"^(\d{5,})$")  # --output-format files
+PIECE = re.compile(r"^(\d{5,})_metadata\.parquet$")  # --output-format files
+IMAGES = re.compile(r"^(\d{5,})_images\.parquet$")  # --output-format parquet
+FINAL = (TAR, PARQUET, STATS, FOLDER, PIECE, IMAGES, re.compile(r"^wids-index\.json$"),
+         re.compile(r"^metadata\.parquet$"))  # fmt: skip
 # Kill instants, seconds after the first marker appeared: spread over the busy publishing phase.
 KILL_DELAYS = (0.0, 0.05, 0.15, 0.35, 0.7)
 
 
+def _fails(i: int) -> bool:
+    return i % 7 == 3
+
+
 def _urls(farm: Farm, rows: int, tag: str) -> list[str]:
     # Mostly small images on two hosts, plus some 404s so a marker's counts differ from its successes.
-    return [
-        farm.url(f"/status/404?{tag}={i}" if i % 7 == 3 else f"/img/small.jpg?{tag}={i}", i % 2) for i in range(rows)
-    ]
+    paths = [f"/status/404?{tag}={i}" if _fails(i) else f"/img/small.jpg?{tag}={i}" for i in range(rows)]
+    return [farm.url(p, i % 2) for i, p in enumerate(paths)]
+
+
+def expected_samples(rows: int) -> dict[int, set[str]]:
+    """The sample keys each tar must hold once published: every row but the 404s (loopback never fails)."""
+    out: dict[int, set[str]] = {}
+    for i in range(rows):
+        k, j = divmod(i, SAMPLES_PER_TAR)
+        out.setdefault(k, set())
+        if not _fails(i):
+            out[k].add(f"{k:05d}{j:04d}")
+    return out
 
 
 def tar_samples(path: Path) -> dict[str, dict[str, bytes]]:
@@ -73,57 +91,97 @@ def tar_samples(path: Path) -> dict[str, dict[str, bytes]]:
         key, _, ext = info.name.partition(".")
         samples.setdefault(key, {})[ext] = data[start : start + info.size]
         pos = start + -(-info.size // BLOCK) * BLOCK
-    for key, members in samples.items():
-        assert set(members) == {"jpg", "txt", "json"}, f"{path.name}: sample {key} has {sorted(members)}"
-        assert json.loads(members["json"])["key"] == key
-        Image.open(io.BytesIO(members["jpg"])).verify()
+    _sample_members(samples, path.name)
     return samples
 
 
-def check_final_names(out: Path) -> dict[str, int]:
-    """Assert every final-named file in ``out`` is whole and every marker consistent; count them."""
+def _sample_members(samples: dict[str, dict[str, bytes]], where: str) -> None:
+    for key, members in samples.items():
+        assert set(members) == {"jpg", "txt", "json"}, f"{where}: sample {key} has {sorted(members)}"
+        assert json.loads(members["json"])["key"] == key, where
+        Image.open(io.BytesIO(members["jpg"])).verify()
+
+
+def folder_samples(path: Path) -> dict[str, dict[str, bytes]]:
+    """``--output-format files``: a published per-tar folder, every sample with all its files, each whole."""
+    samples: dict[str, dict[str, bytes]] = {}
+    for f in path.iterdir():
+        key, _, ext = f.name.partition(".")
+        samples.setdefault(key, {})[ext] = f.read_bytes()
+    _sample_members(samples, path.name)
+    return samples
+
+
+def images_parquet_samples(path: Path) -> dict[str, dict[str, bytes]]:
+    """``--output-format parquet``: the image bytes per key, read back whole."""
+    return {
+        str(r["key"]): {"jpg": r["image"], "txt": str(r["caption"]).encode(), "json": str(r["json"]).encode()}
+        for r in pq.read_table(path).to_pylist()
+    }
+
+
+def check_final_names(out: Path, expected: dict[int, set[str]]) -> dict[str, int]:
+    """Assert every final-named file in ``out`` is whole and every marker consistent; count them.
+
+    Any output format: the samples of tar ``k`` are its ``NNNNN.tar`` (webdataset), ``NNNNN/`` folder
+    plus ``NNNNN_metadata.parquet`` (files) or ``NNNNN_images.parquet`` (parquet).
+    """
     names = sorted(os.listdir(out)) if out.exists() else []
-    counts = {"tar": 0, "parquet": 0, "marker": 0}
-    tars: dict[int, dict[str, dict[str, bytes]]] = {}
+    counts = {"samples": 0, "parquet": 0, "marker": 0}
+    samples: dict[int, dict[str, dict[str, bytes]]] = {}
     tables: dict[int, list[dict[str, object]]] = {}
+    pieces: dict[int, list[dict[str, object]]] = {}
     for name in names:
         path = out / name
         if m := TAR.match(name):
-            tars[int(m.group(1))] = tar_samples(path)
-            counts["tar"] += 1
+            samples[int(m.group(1))] = tar_samples(path)
+        elif (m := FOLDER.match(name)) and path.is_dir():
+            samples[int(m.group(1))] = folder_samples(path)
+        elif m := IMAGES.match(name):
+            samples[int(m.group(1))] = images_parquet_samples(path)
+            _sample_members(samples[int(m.group(1))], name)
         elif m := PARQUET.match(name):
             tables[int(m.group(1))] = pq.read_table(path).to_pylist()
             counts["parquet"] += 1
+        elif m := PIECE.match(name):
+            pieces[int(m.group(1))] = pq.read_table(path).to_pylist()
         elif name == "metadata.parquet":
             pq.read_table(path)
+    counts["samples"] = len(samples)
+    for k, got in samples.items():
+        # With or without its marker, a published tar (folder, images parquet) holds all its samples.
+        assert set(got) == expected[k], f"tar {k} published with samples {sorted(got)}, not {sorted(expected[k])}"
     for name in names:
         if not (m := STATS.match(name)):
             continue
         k = int(m.group(1))
         stats = json.loads((out / name).read_text())
         counts["marker"] += 1
-        assert k in tars and k in tables, f"marker {name} without its tar and parquet: {names}"
+        assert k in samples and k in tables, f"marker {name} without its samples and results parquet: {names}"
         rows = tables[k]
         ok_keys = {str(r["key"]) for r in rows if r["status"] == "success"}
         assert stats["count"] == len(rows) == SAMPLES_PER_TAR, (name, stats, len(rows))
-        assert stats["successes"] == len(ok_keys) == len(tars[k]), (name, stats, sorted(tars[k]))
-        assert set(tars[k]) == ok_keys, name
+        assert stats["successes"] == len(ok_keys) == len(samples[k]), (name, stats, sorted(samples[k]))
+        assert set(samples[k]) == ok_keys, name
         assert stats["failed_to_download"] == len(rows) - len(ok_keys)
+        if FOLDER.match(f"{k:05d}") and (out / f"{k:05d}").is_dir():
+            assert k in pieces, f"marker {name} without {k:05d}_metadata.parquet"
+            assert {str(r["key"]) for r in pieces[k]} == ok_keys, name
     if "wids-index.json" in names:
         index = json.loads((out / "wids-index.json").read_text())
         for entry in index["shardlist"]:
             k = int(str(entry["url"]).removesuffix(".tar"))
             assert f"{k:05d}_stats.json" in names, f"wids-index.json lists {entry} before its marker"
-            assert entry["nsamples"] == len(tars[k])
+            assert entry["nsamples"] == len(samples[k])
     return counts
 
 
-def _kill_during_publishing(inp: Path, out: Path, delay: float) -> bool:
+def _kill_during_publishing(inp: Path, out: Path, delay: float, fmt: str) -> bool:
     """Start fetcher, wait for its first marker, SIGKILL its process group ``delay`` s later."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     args = ["--input", str(inp), "--output", str(out), "--samples-per-tar", str(SAMPLES_PER_TAR),
             "--allow-private-networks", "--processes", "1", "--retries", "0", "--metrics-address", "",
-            "--progress", "off"]  # fmt: skip
+            "--progress", "off", "--output-format", fmt]  # fmt: skip
     proc = subprocess.Popen(
         [sys.executable, "-m", "fetcher", *args],
         stdout=subprocess.DEVNULL,
@@ -147,17 +205,23 @@ def _kill_during_publishing(inp: Path, out: Path, delay: float) -> bool:
     return alive
 
 
-def test_sigkill_at_any_instant_leaves_no_partial_file_under_a_final_name(farm: Farm, tmp_path: Path) -> None:
-    inp = write_urls(tmp_path / "urls.parquet", _urls(farm, 600, "atomic"))
+@pytest.mark.parametrize(
+    ("fmt", "delays"),
+    [("webdataset", KILL_DELAYS), ("files", (0.05, 0.4)), ("parquet", (0.05, 0.4))],
+)
+def test_sigkill_at_any_instant_leaves_no_partial_file_under_a_final_name(
+    farm: Farm, tmp_path: Path, fmt: str, delays: tuple[float, ...]
+) -> None:
+    rows = 600
+    inp = write_urls(tmp_path / "urls.parquet", _urls(farm, rows, f"atomic-{fmt}"))
     landed = []
     markers = []
-    for i, delay in enumerate(KILL_DELAYS):
+    for i, delay in enumerate(delays):
         out = tmp_path / f"out{i}"
-        landed.append(_kill_during_publishing(inp, out, delay))
-        counts = check_final_names(out)
-        markers.append(counts["marker"])
+        landed.append(_kill_during_publishing(inp, out, delay, fmt))
+        markers.append(check_final_names(out, expected_samples(rows))["marker"])
     # The kills must have hit runs in the middle of publishing, or the checks above proved nothing.
-    assert sum(landed) >= len(KILL_DELAYS) - 1, (landed, markers)
+    assert sum(landed) >= len(delays) - 1, (landed, markers)
     assert all(n > 0 for n in markers) and min(markers) < 300, markers
 
 
@@ -261,7 +325,7 @@ def test_publish_order_is_write_fsync_rename_then_marker(farm: Farm, tmp_path: P
     assert proc.returncode == 0, proc.stderr[-2000:]
     counts = check_publish_order(parse_trace(trace.read_text()), str(out))
     assert counts["markers"] == 3, counts
-    assert check_final_names(out)["marker"] == 3
+    assert check_final_names(out, expected_samples(6))["marker"] == 3
 
 
 def test_checker_sees_a_cut_tar(farm: Farm, tmp_path: Path) -> None:

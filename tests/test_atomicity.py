@@ -1,14 +1,16 @@
 """Atomic publishing, proven by outcome and by the order of the syscalls that do it.
 
 1. SIGKILL real ``python -m fetcher`` runs (the whole process group, like a pod kill) at spread
-   instants while small tars are being published, and check every file under a *final* name: each
-   ``NNNNN.tar`` is a complete archive (every member's bytes, end-of-archive blocks), each parquet
-   reads, each json parses, and a stats marker exists only beside a complete tar and parquet whose
-   counts agree with it. Temp files (and any checkpoint journal beside them) are not looked at: they
-   are allowed to be partial, final names are not.
-2. Trace a short run with strace and check, for every file renamed into a final name, that its last
-   write happened before an fsync of it, that fsync before the rename, and that a tar's marker is
-   renamed only after its tar and parquet were renamed and the directory fsync'd.
+   instants while small tars are being published (two rows per tar: publishes happen all the time),
+   and check every file under a *final* name: each ``NNNNN.tar`` is a complete archive (every
+   member's bytes, end-of-archive blocks) holding all its tar's samples, each parquet reads, each json
+   parses, and a stats marker exists only beside a complete tar and results parquet whose counts agree
+   with it. The same for ``--output-format files`` (``NNNNN/`` folders) and ``parquet``. Temp files
+   (and any checkpoint journal beside them) are not looked at: they may be partial, final names not.
+2. Trace a short run with strace and check that nothing is ever opened for writing under a final
+   name; that every file renamed into a final name was fsync'd after its last write and before the
+   rename; and that a tar's marker is renamed only after its tar and parquet were renamed and the
+   directory fsync'd (and the directory fsync'd again after the marker).
 """
 
 from __future__ import annotations

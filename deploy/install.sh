@@ -7,12 +7,14 @@ EXTRAS=${2-dev}  # "" = runtime only (deploy/Dockerfile)
 PY=${PYTHON:-python3}
 
 debs=(libjpeg62-turbo-dev zlib1g-dev libpng-dev libwebp-dev libtiff-dev libfreetype-dev liblcms2-dev)
+# Test tools (dev installs only): strace traces the fsync -> rename -> marker order in tests/test_atomicity.py.
+if [[ -n "$EXTRAS" ]]; then debs+=(strace); fi
 missing=()
 if command -v dpkg >/dev/null 2>&1; then
   for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 fi
 if ((${#missing[@]})); then
-  echo "install: Debian packages needed for Pillow-SIMD: ${missing[*]}"
+  echo "install: Debian packages needed (Pillow-SIMD build, test tools): ${missing[*]}"
   if [[ $(id -u) == 0 ]]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else
     echo "install: error: run as root or install them: apt-get install ${missing[*]}" >&2; exit 1; fi
   $SUDO apt-get update -qq

@@ -181,8 +181,49 @@ def test_fuzz_process_image_never_raises(data: bytes) -> None:
         assert out.reason is not None and out.reason.value in REASONS
 
 
-@pytest.mark.parametrize("size", [(0, 0), (1, 1)])
-def test_empty_and_tiny_bodies(size: tuple[int, int]) -> None:
-    data = b"" if size == (0, 0) else _seed(1, 1, "PNG")
-    out = process_image(data, _FUZZ_OPTS)
-    assert out.ok or out.reason is not None
+_TINY_PNG, _SMALL_JPEG = _seed(1, 1, "PNG"), _seed(64, 64, "JPEG")
+
+
+@pytest.mark.parametrize(
+    ("body", "reason", "size"),
+    [
+        (b"", Reason.NOT_AN_IMAGE, None),
+        (b"\x00", Reason.NOT_AN_IMAGE, None),
+        (b"\xff\xd8", Reason.NOT_AN_IMAGE, None),  # JPEG SOI marker alone
+        (_TINY_PNG[:8], Reason.NOT_AN_IMAGE, None),  # PNG signature alone
+        (_TINY_PNG[:33], Reason.NOT_AN_IMAGE, None),  # signature + IHDR, no pixel data
+        (b"GIF89a\x01\x00\x01\x00\x00\x00\x00", Reason.NOT_AN_IMAGE, None),  # GIF header alone
+        (_SMALL_JPEG[: len(_SMALL_JPEG) * 3 // 4], Reason.DECODE_ERROR, (64, 64)),  # header fine, scan cut
+        (_SMALL_JPEG[:-2], Reason.DECODE_ERROR, (64, 64)),  # only the end-of-image marker missing
+        (_TINY_PNG, None, (1, 1)),  # a 1x1 image is an image: upscaled to the target size
+        (_seed(1, 1, "JPEG"), None, (1, 1)),
+        (_TINY_PNG[:-12], None, (1, 1)),  # PNG without its IEND chunk still decodes whole
+    ],
+    ids=[
+        "empty",
+        "one_byte",
+        "jpeg_soi",
+        "png_signature",
+        "png_ihdr_only",
+        "gif_header",
+        "jpeg_cut_scan",
+        "jpeg_no_eoi",
+        "png_1x1",
+        "jpeg_1x1",
+        "png_no_iend",
+    ],
+)
+def test_empty_and_tiny_bodies(body: bytes, reason: Reason | None, size: tuple[int, int] | None) -> None:
+    out = process_image(body, _FUZZ_OPTS)
+    assert out.reason is reason, (out.reason, out.detail)
+    assert (out.original_width, out.original_height) == (size or (None, None))
+    if reason is None:
+        assert out.ok and (out.width, out.height) == (32, 32) and out.data
+        assert Image.open(io.BytesIO(out.data)).size == (32, 32)
+    else:
+        assert out.data is None and out.detail
+
+
+def test_tiny_image_refused_by_min_image_size() -> None:
+    out = process_image(_TINY_PNG, ImageOptions(image_size=32, min_image_size=2))
+    assert (out.reason, out.original_width, out.original_height) == (Reason.IMAGE_TOO_SMALL, 1, 1)

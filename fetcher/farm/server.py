@@ -25,6 +25,7 @@ class Arrival:
     t: float
     host: str
     path: str
+    headers: dict[str, str] = field(default_factory=dict)  # as sent (User-Agent, Accept, ...)
 
 
 @dataclass
@@ -221,7 +222,8 @@ async def robots_noai(request: web.Request) -> web.Response:
 
 @web.middleware
 async def record_arrival(request: web.Request, handler: Any) -> web.StreamResponse:
-    request.app[STATE].arrivals.append(Arrival(time.monotonic(), request.host, request.path_qs))
+    arrival = Arrival(time.monotonic(), request.host, request.path_qs, dict(request.headers))
+    request.app[STATE].arrivals.append(arrival)
     return await handler(request)  # type: ignore[no-any-return]
 
 

@@ -33,7 +33,7 @@ TABLE: dict[str, tuple[str, str, bool, bool, bool]] = {
     "unsupported_scheme": (D, "unsupported_scheme", False, False, False),
     "filtered": (F, "filtered", False, False, False),
     "bad_key": (D, "bad_key", False, False, False),
-    "blocked_address": (D, "blocked_address", False, False, False),
+    "blocked_address": (D, "blocked_address", False, True, False),  # rerun after --allow-network
     "robots_disallowed": (D, "robots_disallowed", False, False, False),
     "dns_error": (D, "dns_error", False, False, False),
     "connect_error": (D, "connect_error", True, True, True),

@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 
 from fetcher.config import Config
 from fetcher.diskguard import DiskFull, DiskGuard, is_disk_full
+from fetcher.fetchers import Fetch, HttpFetch, LocalFetch, local_roots
 from fetcher.http import HttpClient
 from fetcher.lifecycle import RunAborted, SignalGate, exit_code_for
 from fetcher.monitor import Monitor
 from fetcher.netguard import UrlRefused
 from fetcher.options import ConfigError
 from fetcher.reader import InputDataError, InputFile, TarPlan, iter_rows, open_inputs, plan_tars
+from fetcher.readers import reader
 from fetcher.records import FetchOutcome, InputRow, Reason, SampleResult, Status
 from fetcher.retry_failed import RetryPlan, plan_retry
 from fetcher.scheduler import Job, Scheduler
@@ -42,15 +44,17 @@ class RunPlan:
     todo: list[TarPlan]
     output: Output
     retries: dict[int, RetryPlan] = field(default_factory=dict)  # --retry-failed: finished tars to revisit
+    local_roots: list[str] | None = None  # rows are local images under these folders/tars (LocalFetch)
 
 
 def prepare(cfg: Config) -> RunPlan:
     """Open inputs, plan this shard's tars and find those already complete. Raises ConfigError."""
     files = open_inputs(cfg.run.input, cfg.input, cfg.imaging.verify_hash)
+    roots = local_roots([(f.path, reader(f.source.fmt).local_images) for f in files], cfg.input.images_from)
     total = sum(f.num_rows for f in files)
     tars = plan_tars(total, cfg.run.samples_per_tar, cfg.run.shard_pair)
     output = Output(cfg.run.output, cfg.output, cfg.input.save_list, cfg.imaging.hash_column)
-    if cfg.durability.retry_failed and (cfg.output.output_format != "webdataset" or is_remote(cfg.run.output)):
+    if cfg.durability.retry_failed and (cfg.output.format.sample_file is None or is_remote(cfg.run.output)):
         raise ConfigError("--retry-failed rewrites tars in a local folder: use it with --output-format webdataset")
     todo: list[TarPlan] = []
     retries: dict[int, RetryPlan] = {}
@@ -62,7 +66,7 @@ def prepare(cfg: Config) -> RunPlan:
             if retry is not None:
                 retries[t.index] = retry
                 todo.append(t)
-    return RunPlan(cfg=cfg, files=files, tars=tars, todo=todo, output=output, retries=retries)
+    return RunPlan(cfg=cfg, files=files, tars=tars, todo=todo, output=output, retries=retries, local_roots=roots)
 
 
 class ByteBudget:
@@ -120,10 +124,12 @@ class Pipeline:
         """Fetch, process and write every row of the planned tars (until stopped by a signal)."""
         self.plan.output.cleanup([t.index for t in self.plan.todo])
         async with (
-            HttpClient(self.cfg.http) as self.http,
+            HttpClient(self.cfg.http) as http,
             ImagingPool(self.cfg.run.worker_count, self.cfg.imaging, self.cfg.durability.worker_max_bytes) as self.pool,
             self.monitor.watching(self.scheduler, self.budget, self.pool),
         ):
+            roots = self.plan.local_roots
+            self.fetch: Fetch = HttpFetch(http) if roots is None else LocalFetch(roots, self.cfg.http.max_body_bytes)
             self._producer = asyncio.create_task(self._produce())
             self._dispatcher = asyncio.create_task(self._dispatch())
             guards = self._guards = [asyncio.create_task(self._watchdog()), asyncio.create_task(self._disk_monitor())]
@@ -250,7 +256,6 @@ class Pipeline:
             self.scheduler.close()
 
     async def _read_tar(self, tar: TarPlan, retry: RetryPlan | None) -> None:
-        policy = self.http.policy
         rows = iter_rows(
             self.plan.files, tar, self.cfg.input, self.cfg.run.samples_per_tar, self.cfg.imaging.verify_hash
         )
@@ -263,11 +268,11 @@ class Pipeline:
                 self._finish(SampleResult.failure(row, row.skip_reason, row.skip_detail))
                 continue
             try:
-                url = policy.check_url(row.url)
+                url = self.fetch.admit(row.url)
             except UrlRefused as exc:
                 self._finish(SampleResult.failure(row, exc.reason, exc.detail))
                 continue
-            await self.scheduler.put(Job(row=row, url=url, host=self.scheduler.key_of(url)))
+            await self.scheduler.put(Job(row=row, url=url, host=self.fetch.slot or self.scheduler.key_of(url)))
             self.monitor.row_scheduled()
 
     async def _dispatch(self) -> None:
@@ -289,7 +294,7 @@ class Pipeline:
 
     async def _handle(self, job: Job) -> None:
         try:
-            outcome = await self.http.fetch(job.url)
+            outcome = await self.fetch.fetch(job.url)
         except asyncio.CancelledError:
             self.scheduler.complete(job, FetchOutcome(reason=Reason.SHUTDOWN))
             raise

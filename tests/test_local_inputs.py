@@ -28,8 +28,10 @@ from PIL import Image
 
 from fetcher.config import load_config
 from fetcher.inputs import discover
+from fetcher.options import ConfigError
 from fetcher.pipeline import run
-from fetcher.reader import InputOptions, open_inputs
+from fetcher.reader import InputOptions, iter_rows, open_inputs, plan_tars
+from fetcher.readers import json_array
 from tests.conftest import ROOT, run_fetcher
 
 # DALLE-3 images go to SimpleTuner as they are: same size, still PNG, named by image_name
@@ -175,6 +177,7 @@ def write_sharegpt4o(raw: Path, n: int) -> list[dict[str, Any]]:
                 if i % 2 == part and i != 3:  # image 3 is missing from every tar
                     add(tf, os.path.basename(e["output_image"]), png(*e["output_image_resolution"], i))
     entries.append({"input_prompt": "escape", "output_image": "../../etc/passwd", "output_image_resolution": [1, 1]})
+    entries.append({"input_prompt": "abs", "output_image": "/etc/hostname", "output_image_resolution": [1, 1]})
     (raw / "text_to_image.json").write_text(json.dumps(entries, indent=2, ensure_ascii=False))
     return entries
 
@@ -201,6 +204,7 @@ def test_seed_004_json_manifest_and_tars_to_data_json_and_imagefolder(tmp_path: 
     res = {r["url"]: r for p in sorted(out.glob("0000?.parquet")) for r in pq.read_table(p).to_pylist()}
     assert res["image/17403.png"]["error_message"] == "missing_file"
     assert res["../../etc/passwd"]["error_message"] == "invalid_url"  # never read outside --images-from
+    assert res["/etc/hostname"]["error_message"] == "invalid_url"
     items = caption_dataset(out / "data.json", out)
     by_caption = {e["input_prompt"]: e for e in entries}
     assert len(items) == 7
@@ -255,3 +259,50 @@ def test_folder_of_url_lists_reads_only_the_lists(tmp_path: Path, caplog: pytest
     pq.write_table(pa.table({"url": ["http://h.test/a.jpg"], "caption": ["c"]}), mixed / "a.parquet")
     (mixed / "urls-backup.txt").write_text("http://h.test/b.jpg\n")
     assert [Path(f.path).name for f in open_inputs(str(mixed), InputOptions())] == ["a.parquet"]
+
+
+def test_json_array_is_streamed_element_by_element(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Elements cross read-chunk boundaries anywhere (strings holding ']' and ',' too); errors are one line."""
+    monkeypatch.setattr(json_array, "_CHUNK", 5)
+    data = [{"url": f"http://h.test/{i}", "caption": "], [x" * i, "n": [1, {"q": "}"}]} for i in range(30)]
+    for text in (json.dumps(data), json.dumps(data, indent=3), "[]", " \n[ ] "):
+        got = list(json_array.iter_objects(io.BytesIO(text.encode()), "m.json"))
+        assert got == json.loads(text)
+    for broken, why in (('[{"a": 1}', "not closed"), ('[{"a": 1} {"b": 2}]', "expected ','"), ('[{"a": ', "broken")):
+        with pytest.raises(ConfigError, match=why):
+            list(json_array.iter_objects(io.BytesIO(broken.encode()), "m.json"))
+
+
+def test_sidecar_text_is_the_caption_and_imageless_samples_are_recorded(tmp_path: Path) -> None:
+    """A folder of image + .txt (the layout most trainers use) needs no --caption-col; a tar sample
+    without an image is a row that fails as missing_url, so every key after it stays in place."""
+    folder = tmp_path / "train"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"pexels-{i}.jpg").write_bytes(png(40, 30, i))
+        (folder / f"pexels-{i}.txt").write_text(f"  a photo {i}\n")
+    opts = InputOptions(input_format="folder", key_col="__key__")
+    files = open_inputs(str(folder), opts)
+    rows = list(iter_rows(files, plan_tars(3, 10, (0, 1))[0], opts, 10))
+    assert [(r.key, r.caption, Path(r.url).name) for r in rows] == [
+        (f"pexels{i}", f"a photo {i}", f"pexels-{i}.jpg") for i in range(3)
+    ]
+    with tarfile.open(tmp_path / "t.tar", "w") as tf:
+        add(tf, "a.jpg", png(40, 30, 1))
+        add(tf, "a.txt", b"first")
+        add(tf, "b.json", b"{}")  # no image
+        add(tf, "c.jpg", png(40, 30, 2))
+    opts = InputOptions(input_format="webdataset")
+    files = open_inputs(str(tmp_path / "t.tar"), opts)
+    rows = list(iter_rows(files, plan_tars(3, 10, (0, 1))[0], opts, 10))
+    assert [(r.url, r.caption) for r in rows] == [
+        (f"tar://a.jpg::{tmp_path / 't.tar'}", "first"),
+        (None, None),
+        (f"tar://c.jpg::{tmp_path / 't.tar'}", None),
+    ]
+    out = tmp_path / "out"
+    run_fetcher("--input", str(tmp_path / "t.tar"), "--input-format", "webdataset", "--output", str(out),
+                "--metrics-address", "")  # fmt: skip
+    res = pq.read_table(out / "00000.parquet").to_pylist()
+    assert [r["error_message"] for r in res] == [None, "missing_url", None]
+    assert res[1]["error_detail"] == "no image file in this sample"

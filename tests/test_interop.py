@@ -476,7 +476,12 @@ def test_s3_files_output_with_metadata(s3: Any, laion: tuple[Path, list[dict[str
         assert image.size == (m["width"], m["height"])
         caption = fs.cat_file(f"files-bucket/pcb/{m['filename'].rsplit('.', 1)[0]}.txt").decode()
         assert caption == m["caption"] == rows[int(m["key"][:5]) * S + int(m["key"][5:])]["TEXT"]
-    assert len(fs.ls("files-bucket/pcb")) == 4 * 4 + 1  # folder, piece, results, marker per tar + metadata
+    # folder, piece, results, marker per tar + metadata.parquet and data.json
+    assert len(fs.ls("files-bucket/pcb")) == 4 * 4 + 2
+    data = json.loads(fs.cat_file("files-bucket/pcb/data.json"))
+    assert [(d["image"], d["caption"], d["width"]) for d in data] == [
+        (m["filename"], m["caption"], m["width"]) for m in meta
+    ]
 
 
 def test_csv_column_blank_in_the_first_block_still_filters(tmp_path: Path) -> None:

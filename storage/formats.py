@@ -20,6 +20,9 @@ class DummySink:
     """``--output-format dummy``: download and resize, keep nothing but the results tables (dry runs,
     benchmarks, checking a URL list's health)."""
 
+    resumable = False
+    offset = 0
+
     def __init__(self) -> None:
         self.bytes_written = 0
         self.samples = 0
@@ -31,11 +34,17 @@ class DummySink:
     def add_sample(self, key: str, members: dict[str, bytes], res: Any = None) -> None:
         self.samples += 1
 
+    def sync(self) -> None:
+        """Nothing written, nothing to make durable."""
+
+    def close(self) -> None:
+        """Nothing written, nothing to drop."""
+
     def commit(self) -> None:
-        pass
+        """Nothing to publish: the results parquet and marker are the whole output."""
 
     def abort(self) -> None:
-        pass
+        """Nothing written, nothing to drop."""
 
 
 # Dataset-level files a format keeps up to date as tars complete (see storage/indexes.py).

@@ -125,7 +125,13 @@ def encode_example(features: dict[str, Any]) -> bytes:
 
 
 class TFRecordSink:
-    """``NNNNN.tfrecord``: one Example per saved sample, appended as samples finish, renamed into place."""
+    """``NNNNN.tfrecord``: one Example per saved sample, appended as samples finish, renamed into place.
+
+    Not resumable: a stopped tar's records are dropped and the tar is redone.
+    """
+
+    resumable = False
+    offset = 0
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -155,6 +161,13 @@ class TFRecordSink:
         self._fh.write(record)
         self.bytes_written += len(record)
         self.samples += 1
+
+    def sync(self) -> None:
+        """Nothing is kept across runs, so nothing to make durable before commit."""
+
+    def close(self) -> None:
+        """Stopping drops the partial file (the tar is redone)."""
+        self.abort()
 
     def commit(self) -> None:
         self._fh.close()

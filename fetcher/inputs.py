@@ -251,7 +251,7 @@ def _text_names(path: str, fmt: str, url_col: str) -> tuple[str, ...]:
         if fmt == "jsonl":
             for line in _lines(fh):
                 if line.startswith("["):
-                    raise ConfigError(f"--input {path}: a JSON array, not JSON Lines; write one object per line")
+                    raise ConfigError(f"--input {path}: a JSON array, not JSON Lines; pass --input-format json")
                 first = json.loads(line)
                 if not isinstance(first, dict):
                     raise ConfigError(f"--input {path}: JSON Lines rows must be objects")

@@ -261,13 +261,22 @@ def test_folder_of_url_lists_reads_only_the_lists(tmp_path: Path, caplog: pytest
     assert [Path(f.path).name for f in open_inputs(str(mixed), InputOptions())] == ["a.parquet"]
 
 
-def test_json_array_is_streamed_element_by_element(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_json_array_is_streamed_element_by_element(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Elements cross read-chunk boundaries anywhere (strings holding ']' and ',' too); errors are one line."""
     monkeypatch.setattr(json_array, "_CHUNK", 5)
     data = [{"url": f"http://h.test/{i}", "caption": "], [x" * i, "n": [1, {"q": "}"}]} for i in range(30)]
     for text in (json.dumps(data), json.dumps(data, indent=3), "[]", " \n[ ] "):
         got = list(json_array.iter_objects(io.BytesIO(text.encode()), "m.json"))
         assert got == json.loads(text)
+    lines = Path(tmp_path / "lines.json")  # a .json file of JSON Lines stays readable
+    lines.write_text("".join(json.dumps(d) + "\n" for d in data))
+    files = open_inputs(str(lines), InputOptions())
+    assert files[0].source.fmt == "jsonl" and files[0].num_rows == len(data)
+    array = Path(tmp_path / "array.jsonl")  # an array named .jsonl: the error says what to do
+    array.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="pass --input-format json"):
+        open_inputs(str(array), InputOptions())
+    assert open_inputs(str(array), InputOptions(input_format="json"))[0].num_rows == len(data)
     for broken, why in (('[{"a": 1}', "not closed"), ('[{"a": 1} {"b": 2}]', "expected ','"), ('[{"a": ', "broken")):
         with pytest.raises(ConfigError, match=why):
             list(json_array.iter_objects(io.BytesIO(broken.encode()), "m.json"))

@@ -16,12 +16,14 @@ import tarfile
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Protocol
 
 from fetcher.http import HttpClient
 from fetcher.inputs import discover, is_url, open_binary
 from fetcher.netguard import UrlRefused
 from fetcher.options import ConfigError
+from fetcher.readers import ReaderSpec
 from fetcher.readers.local import parse_tar_locator
 from fetcher.records import FetchOutcome, Reason
 
@@ -60,10 +62,18 @@ class HttpFetch:
 Entry = tuple[str, int, int]  # (tar, offset of the data, size)
 
 
+@dataclass(frozen=True)
+class LocalRoots:
+    """Where LocalFetch may read: folders (local) and tars (local or fsspec URLs)."""
+
+    folders: tuple[str, ...] = ()
+    tars: tuple[str, ...] = ()
+
+
 class LocalFetch:
     """Rows are images in local (or fsspec) tars and folders, confined to ``roots``.
 
-    ``roots`` are folders and tar files. A locator is a tar member (``tar://MEMBER::TAR``), a path
+    A locator is a tar member (``tar://MEMBER::TAR``), a path
     inside a folder root, or a path relative to the roots (``--images-from``: a manifest's
     ``images/1.png`` is looked up in each folder, then among the members of the tars, by full name
     and then by file name).
@@ -71,9 +81,9 @@ class LocalFetch:
 
     slot: str | None = LOCAL_SLOT
 
-    def __init__(self, roots: list[str], max_bytes: int) -> None:
-        self.folders = [os.path.abspath(r) for r in roots if not r.endswith(".tar") and not is_url(r)]
-        self.tars = [r for r in roots if r.endswith(".tar")]
+    def __init__(self, roots: LocalRoots, max_bytes: int) -> None:
+        self.folders = [os.path.abspath(r) for r in roots.folders]
+        self.tars = list(roots.tars)
         self.max_bytes = max_bytes
         self._indexes: OrderedDict[str, dict[str, Entry]] = OrderedDict()  # recently used tars
         self._names: dict[str, Entry] | None = None  # every tar's members, for relative lookups
@@ -186,26 +196,29 @@ class LocalFetch:
             return self._names
 
 
-def local_roots(sources: list[tuple[str, bool]], images_from: str) -> list[str] | None:
-    """The roots LocalFetch may read, or None when the rows are URLs (HttpFetch).
+def local_roots(sources: list[tuple[str, ReaderSpec]], images_from: str) -> LocalRoots | None:
+    """Where LocalFetch may read, or None when the rows are URLs (HttpFetch).
 
-    ``sources`` are the input paths with whether their reader gives local images. Mixing URL lists
-    and local images in one run is refused: one run, one kind of fetch.
+    ``sources`` are the input paths with their readers. Mixing URL lists and local images in one run
+    is refused: one run, one kind of fetch.
     """
-    local = [path for path, is_local in sources if is_local]
+    local = [(path, spec) for path, spec in sources if spec.local_images]
     if local and len(local) != len(sources):
         raise ConfigError("--input mixes URL lists and local images; run them separately")
-    if not images_from:
-        return local or None
-    if local:
+    if local and images_from:
         raise ConfigError("--images-from resolves image paths of a manifest; tars/folders carry their own images")
-    return _images_from(images_from)
+    if local:
+        return LocalRoots(
+            folders=tuple(p for p, spec in local if spec.whole_folder),
+            tars=tuple(p for p, spec in local if not spec.whole_folder),
+        )
+    return _images_from(images_from) if images_from else None
 
 
-def _images_from(spec: str) -> list[str]:
+def _images_from(spec: str) -> LocalRoots:
     """``--images-from``: a folder (and the tars directly in it), a tar, or a glob of tars; local or URL."""
     path = spec.removeprefix("file://")
     if not is_url(spec) and os.path.isdir(path):
-        return [path, *sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(".tar"))]
-    found = discover(spec, "webdataset")
-    return [p for p in found if p.endswith(".tar")] or found
+        tars = sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(".tar"))
+        return LocalRoots(folders=(path,), tars=tuple(tars))
+    return LocalRoots(tars=tuple(discover(spec, "webdataset")))

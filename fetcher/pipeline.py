@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from fetcher.config import Config
 from fetcher.diskguard import DiskFull, DiskGuard, is_disk_full
-from fetcher.fetchers import Fetch, HttpFetch, LocalFetch, local_roots
+from fetcher.fetchers import Fetch, HttpFetch, LocalFetch, LocalRoots, local_roots
 from fetcher.http import HttpClient
 from fetcher.lifecycle import RunAborted, SignalGate, exit_code_for
 from fetcher.monitor import Monitor
@@ -44,13 +44,13 @@ class RunPlan:
     todo: list[TarPlan]
     output: Output
     retries: dict[int, RetryPlan] = field(default_factory=dict)  # --retry-failed: finished tars to revisit
-    local_roots: list[str] | None = None  # rows are local images under these folders/tars (LocalFetch)
+    local_roots: LocalRoots | None = None  # rows are local images in these folders/tars (LocalFetch)
 
 
 def prepare(cfg: Config) -> RunPlan:
     """Open inputs, plan this shard's tars and find those already complete. Raises ConfigError."""
     files = open_inputs(cfg.run.input, cfg.input, cfg.imaging.verify_hash)
-    roots = local_roots([(f.path, reader(f.source.fmt).local_images) for f in files], cfg.input.images_from)
+    roots = local_roots([(f.path, reader(f.source.fmt)) for f in files], cfg.input.images_from)
     total = sum(f.num_rows for f in files)
     tars = plan_tars(total, cfg.run.samples_per_tar, cfg.run.shard_pair)
     output = Output(cfg.run.output, cfg.output, cfg.input.save_list, cfg.imaging.hash_column)

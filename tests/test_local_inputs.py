@@ -315,3 +315,23 @@ def test_sidecar_text_is_the_caption_and_imageless_samples_are_recorded(tmp_path
     res = pq.read_table(out / "00000.parquet").to_pylist()
     assert [r["error_message"] for r in res] == [None, "missing_url", None]
     assert res[1]["error_detail"] == "no image file in this sample"
+
+
+def test_one_run_one_kind_of_fetch(tmp_path: Path) -> None:
+    """URL lists and local images are not mixed in one run, nor --images-from with tars that carry images."""
+    from fetcher.fetchers import LocalRoots, local_roots
+    from fetcher.readers import reader
+
+    tar, folder, urls = (
+        ("a.tar", reader("webdataset")),
+        (str(tmp_path), reader("folder")),
+        ("u.parquet", reader("parquet")),
+    )
+    assert local_roots([urls], "") is None
+    assert local_roots([tar, folder], "") == LocalRoots(folders=(str(tmp_path),), tars=("a.tar",))
+    with pytest.raises(ConfigError, match="mixes URL lists and local images"):
+        local_roots([urls, tar], "")
+    with pytest.raises(ConfigError, match="--images-from"):
+        local_roots([tar], str(tmp_path))
+    (tmp_path / "p0.tar").write_bytes(b"")
+    assert local_roots([urls], str(tmp_path)) == LocalRoots(folders=(str(tmp_path),), tars=(str(tmp_path / "p0.tar"),))

@@ -19,9 +19,13 @@ from fetcher.readers.local import column_names, is_image, needs_sidecars, parse_
 logger = logging.getLogger(__name__)
 
 
-@lru_cache(maxsize=2)  # each tar of the run reads a slice of the same listing
 def listing(root: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """``(images, skipped)``: relative paths of the image files, and of every file that is not a row."""
+    return _listing(root, os.stat(root).st_mtime_ns)
+
+
+@lru_cache(maxsize=2)  # each tar of the run reads a slice of the same listing (listed again if it changed)
+def _listing(root: str, _mtime: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
     images: list[str] = []
     others: list[str] = []
     for d, dirs, files in os.walk(root):

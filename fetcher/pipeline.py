@@ -54,15 +54,15 @@ def prepare(cfg: Config) -> RunPlan:
     total = sum(f.num_rows for f in files)
     tars = plan_tars(total, cfg.run.samples_per_tar, cfg.run.shard_pair)
     output = Output(cfg.run.output, cfg.output, cfg.input.save_list, cfg.imaging.hash_column)
-    if cfg.durability.retry_failed and (cfg.output.format.sample_file is None or is_remote(cfg.run.output)):
-        raise ConfigError("--retry-failed rewrites tars in a local folder: use it with --output-format webdataset")
+    if cfg.durability.retry_failed and is_remote(cfg.run.output):
+        raise ConfigError("--retry-failed rewrites finished tars in place: use it with a local --output")
     todo: list[TarPlan] = []
     retries: dict[int, RetryPlan] = {}
     for t in tars:
         if not output.is_complete(t.index):
             todo.append(t)
         elif cfg.durability.retry_failed:
-            retry = plan_retry(ShardFiles(output.local_root, t.index), t, cfg.input.save_list)
+            retry = plan_retry(ShardFiles(output.local_root, t.index), t, cfg.input.save_list, cfg.output.format)
             if retry is not None:
                 retries[t.index] = retry
                 todo.append(t)

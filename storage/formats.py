@@ -1,19 +1,28 @@
-"""The output formats: name -> sink factory and what the format supports.
+"""The output formats: name -> sink factory, how to read a finished tar's samples back, and what the
+format supports.
 
-Callers ask a format what it can do (``indexes``, ``rewritable``…) instead of comparing names, so a
-new format is one entry here plus its sink module.
+Callers ask a format what it can do (``indexes``, ``image_folder``, ``keeps_samples``) instead of
+comparing names, so a new format is one entry here plus its sink module.
 """
 
 from __future__ import annotations
 
+import os
+import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow.parquet as pq
+
+from storage import tfrecord
 from storage.layout import ShardFiles
 from storage.sinks import FilesSink, ParquetSink, SampleSink
 from storage.tarwriter import TarSink
 from storage.tfrecord import TFRecordSink
+
+# key -> {extension: bytes}: the samples of a finished tar, as ShardWriter gave them to its sink
+Samples = dict[str, dict[str, bytes]]
 
 
 class DummySink:
@@ -47,9 +56,45 @@ class DummySink:
         """Nothing written, nothing to drop."""
 
 
+def _split(name: str) -> tuple[str, str]:
+    key, _, ext = name.partition(".")
+    return key, ext
+
+
+def tar_samples(files: ShardFiles) -> Samples:
+    """The samples of a webdataset tar."""
+    samples: Samples = {}
+    with tarfile.open(files.tar) as tf:
+        for member in tf:
+            fh = tf.extractfile(member) if member.isfile() else None
+            if fh is not None:
+                key, ext = _split(member.name)
+                samples.setdefault(key, {})[ext] = fh.read()
+    return samples
+
+
+def folder_samples(files: ShardFiles) -> Samples:
+    """The samples of a ``files`` folder (``{key}.{ext}`` files)."""
+    samples: Samples = {}
+    for name in sorted(os.listdir(files.folder)):
+        key, ext = _split(name)
+        with open(os.path.join(files.folder, name), "rb") as fh:
+            samples.setdefault(key, {})[ext] = fh.read()
+    return samples
+
+
+def parquet_samples(files: ShardFiles) -> Samples:
+    """The samples of an ``NNNNN_images.parquet``."""
+    table = pq.read_table(files.images_parquet, columns=["key", "ext", "image", "caption", "json"])
+    return {
+        r["key"]: {r["ext"]: r["image"], "txt": (r["caption"] or "").encode("utf-8"), "json": r["json"].encode("utf-8")}
+        for r in table.to_pylist()
+    }
+
+
 # Dataset-level files a format keeps up to date as tars complete (see storage/indexes.py).
 WIDS = "wids"  # wids-index.json over the tars
-METADATA = "metadata"  # metadata.parquet (SimpleTuner), data.json and metadata.jsonl (HF imagefolder)
+METADATA = "metadata"  # metadata.parquet (SimpleTuner, HF imagefolder through file_name) and data.json
 
 
 @dataclass(frozen=True)
@@ -59,11 +104,12 @@ class OutputFormat:
     name: str
     help: str
     make_sink: Callable[[ShardFiles, list[str]], SampleSink]
+    # the samples of a finished tar, which --retry-failed carries over when it rewrites the tar
+    read_samples: Callable[[ShardFiles], Samples]
     indexes: frozenset[str] = frozenset()
-    # the per-tar file holding the samples, which --retry-failed reads back and rewrites
-    sample_file: Callable[[ShardFiles], str] | None = None
     # a local folder of image files a trainer can point at (SimpleTuner config, imagefolder)
     image_folder: bool = False
+    keeps_samples: bool = True  # False: a success leaves nothing on disk (dummy), nothing to carry over
 
 
 FORMATS: dict[str, OutputFormat] = {
@@ -71,32 +117,40 @@ FORMATS: dict[str, OutputFormat] = {
     for f in (
         OutputFormat(
             "webdataset",
-            "tars of {key}.{ext,txt,json}",
+            "tars of {key}.{jpg,txt,json} + wids-index.json",
             lambda files, cols: TarSink(files.tar),
+            tar_samples,
             indexes=frozenset({WIDS}),
-            sample_file=lambda files: files.tar,
         ),
         OutputFormat(
             "files",
-            "a folder of images + .txt/.json per tar, metadata.parquet, data.json and metadata.jsonl",
+            "a folder of images + .txt/.json per tar, metadata.parquet, data.json",
             FilesSink,
+            folder_samples,
             indexes=frozenset({METADATA}),
             image_folder=True,
         ),
         OutputFormat(
-            "parquet", "NNNNN_images.parquet with an image bytes column", lambda files, cols: ParquetSink(files)
+            "parquet",
+            "NNNNN_images.parquet with an image bytes column",
+            lambda files, cols: ParquetSink(files),
+            parquet_samples,
         ),
         OutputFormat(
-            "tfrecord", "NNNNN.tfrecord of tf.train.Example records", lambda files, cols: TFRecordSink(files.tfrecord)
+            "tfrecord",
+            "NNNNN.tfrecord of tf.train.Example records (no TensorFlow needed)",
+            lambda files, cols: TFRecordSink(files.tfrecord),
+            lambda files: tfrecord.read_samples(files.tfrecord),
         ),
-        OutputFormat("dummy", "nothing but the results tables (download and resize only)", lambda f, c: DummySink()),
+        OutputFormat(
+            "dummy",
+            "nothing but the results tables (download and resize only)",
+            lambda files, cols: DummySink(),
+            lambda files: {},
+            keeps_samples=False,
+        ),
     )
 }
-
-
-def output_format(name: str) -> OutputFormat:
-    """The format called ``name``; KeyError when there is none."""
-    return FORMATS[name]
 
 
 def format_help() -> str:

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 from storage.atomic import TMP_SUFFIX, commit_tmp
@@ -178,3 +179,96 @@ class TFRecordSink:
             self._fh.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.tmp)
+
+
+# -- reading back (--retry-failed carries finished samples over) --------------------------------------
+
+
+def iter_records(path: str) -> Iterator[bytes]:
+    """The payloads of a TFRecord file, every length and data checksum verified."""
+    with open(path, "rb") as fh:
+        while head := fh.read(12):
+            if len(head) != 12 or struct.unpack("<I", head[8:])[0] != masked_crc(head[:8]):
+                raise ValueError(f"{path}: corrupt record header at byte {fh.tell() - len(head)}")
+            (length,) = struct.unpack("<Q", head[:8])
+            data = fh.read(length)
+            tail = fh.read(4)
+            if len(data) != length or len(tail) != 4 or struct.unpack("<I", tail)[0] != masked_crc(data):
+                raise ValueError(f"{path}: corrupt record ending at byte {fh.tell()}")
+            yield data
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    shift = value = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(buf: bytes) -> Iterator[tuple[int, bytes]]:
+    """(field number, payload) of the length-delimited fields of a message (all that Example uses)."""
+    pos = 0
+    while pos < len(buf):
+        tag, pos = _read_varint(buf, pos)
+        if tag & 7 != 2:
+            raise ValueError(f"unexpected protobuf wire type {tag & 7}")
+        size, pos = _read_varint(buf, pos)
+        yield tag >> 3, buf[pos : pos + size]
+        pos += size
+
+
+def _feature_value(buf: bytes) -> Any:
+    for kind, payload in _fields(buf):
+        if kind == 1:  # BytesList
+            values: list[Any] = [v for _, v in _fields(payload)]
+        elif kind == 2:  # FloatList (packed)
+            packed = b"".join(v for _, v in _fields(payload))
+            values = list(struct.unpack(f"<{len(packed) // 4}f", packed))
+        else:  # Int64List (packed)
+            packed = b"".join(v for _, v in _fields(payload))
+            values, pos = [], 0
+            while pos < len(packed):
+                n, pos = _read_varint(packed, pos)
+                values.append(n - (1 << 64) if n >= 1 << 63 else n)
+        return values[0] if len(values) == 1 else values
+    return None
+
+
+def decode_example(record: bytes) -> dict[str, Any]:
+    """The features of a serialized ``tf.train.Example`` as written by :func:`encode_example`."""
+    out: dict[str, Any] = {}
+    for _, features in _fields(record):
+        for _, entry in _fields(features):
+            parts = dict(_fields(entry))
+            out[parts[1].decode("utf-8")] = _feature_value(parts.get(2, b""))
+    return out
+
+
+def read_samples(path: str) -> dict[str, dict[str, bytes]]:
+    """Every sample of a tfrecord file as members (image, ``txt``, ``json``), keyed by sample key.
+
+    Records are laid out as TFRecordSink writes them (key, image under its extension, txt, the JSON
+    fields), so writing the members again gives the same records byte for byte.
+    """
+    samples: dict[str, dict[str, bytes]] = {}
+    for record in iter_records(path):
+        (_, key), (ext, image), *rest = decode_example(record).items()
+        meta = {name: _text(value) for name, value in rest if name != "txt"}
+        samples[key.decode("utf-8")] = {
+            ext: image,
+            "txt": dict(rest).get("txt", b""),
+            "json": json.dumps(meta, ensure_ascii=False).encode("utf-8"),
+        }
+    return samples
+
+
+def _text(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, list):
+        return [_text(v) for v in value]
+    return value

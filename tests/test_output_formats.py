@@ -149,7 +149,7 @@ def test_dummy_output_keeps_only_results(farm: Farm, tmp_path: Path) -> None:
 def test_every_format_is_one_registry_entry() -> None:
     # what the callers ask instead of comparing names
     assert set(FORMATS) == {"webdataset", "files", "parquet", "tfrecord", "dummy"}
-    assert [n for n, f in FORMATS.items() if f.sample_file is not None] == ["webdataset"]
+    assert [n for n, f in FORMATS.items() if not f.keeps_samples] == ["dummy"]
     assert [n for n, f in FORMATS.items() if f.image_folder] == ["files"]
 
 

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.output.print_simpletuner_config:
             from storage.indexes import simpletuner_config
 
-            if cfg.output.output_format != "files" or "://" in cfg.run.output:
+            if not cfg.output.format.image_folder or "://" in cfg.run.output:
                 raise ConfigError("--print-simpletuner-config needs --output-format files and a local --output")
             print(json.dumps(simpletuner_config(cfg.run.output), indent=4))
             return 0

@@ -12,7 +12,9 @@ import contextlib
 import glob
 import io
 import json
+import logging
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -23,19 +25,16 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from fetcher.options import ConfigError
+from fetcher.readers import READERS
 
-FORMATS = ("auto", "parquet", "jsonl", "csv", "tsv", "txt")
+logger = logging.getLogger(__name__)
+
+FORMATS = ("auto", *READERS)
 # img2dataset's --input_format names (and a few common spellings) -> ours; ".gz" is detected per file.
-FORMAT_ALIASES = {"json": "jsonl", "ndjson": "jsonl", "txt": "txt", "csv": "csv", "tsv": "tsv", "parquet": "parquet"}
-_EXT_FORMATS = {
-    ".parquet": "parquet",
-    ".jsonl": "jsonl",
-    ".json": "jsonl",
-    ".ndjson": "jsonl",
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".txt": "txt",
-}
+FORMAT_ALIASES = {"ndjson": "jsonl", "tar": "webdataset", "wds": "webdataset", "dir": "folder", "files": "folder"}
+_EXT_FORMATS = {ext: r.name for r in READERS.values() for ext in r.extensions}
+# Files that are never input data, whatever their extension (documentation beside the data).
+_NOT_DATA = re.compile(r"^(readme|license|licence|notice|changelog|citation)([.-].*)?$", re.IGNORECASE)
 
 
 def normalize_format(text: str) -> str:
@@ -52,31 +51,46 @@ def is_url(spec: str) -> bool:
     return "://" in spec and not spec.startswith("file://")
 
 
-def format_of(path: str, forced: str) -> str:
-    """The reader for ``path``: ``forced`` unless it is ``auto``, else by extension (``.gz`` stripped)."""
-    if forced != "auto":
-        return forced
+def _ext_format(path: str) -> str | None:
     base = path.lower().removesuffix(".gz")
     for ext, fmt in _EXT_FORMATS.items():
         if base.endswith(ext):
             return fmt
+    return None
+
+
+def format_of(path: str, forced: str) -> str:
+    """The reader for ``path``: ``forced`` unless it is ``auto``, else by extension (``.gz`` stripped)."""
+    if forced != "auto":
+        return forced
+    fmt = _ext_format(path)
+    if fmt is not None and READERS[fmt].auto:
+        return fmt
+    if fmt is not None:  # local images are read only when asked for by name
+        raise ConfigError(f"--input {path}: pass --input-format {fmt} to read the images inside it")
     raise ConfigError(f"--input {path}: cannot tell the format from the name; pass --input-format")
 
 
 def _has_known_ext(path: str) -> bool:
-    base = path.lower().removesuffix(".gz")
-    return any(base.endswith(ext) for ext in _EXT_FORMATS)
+    fmt = _ext_format(path)
+    return fmt is not None and READERS[fmt].auto
 
 
 def discover(spec: str, forced: str = "auto") -> list[str]:
-    """Expand ``--input``: a file, a directory (its input files, sorted) or a glob (sorted); local or URL."""
+    """Expand ``--input``: a file, a directory (its input files, sorted) or a glob (sorted); local or URL.
+
+    A directory gives only the files of one format (the chosen one, or under ``auto`` the first of
+    READERS' order present there): a README.txt or _SUCCESS beside the data is skipped and logged,
+    never read as rows.
+    """
+    if forced != "auto" and READERS[forced].whole_folder:
+        return [_whole_folder(spec)]
     if is_url(spec):
         return _discover_remote(spec, forced)
     spec = spec.removeprefix("file://")
     if os.path.isdir(spec):
-        names = sorted(os.listdir(spec))
-        paths = [os.path.join(spec, n) for n in names if _wanted(n, forced)]
-        paths = [p for p in paths if os.path.isfile(p)]
+        names = sorted(n for n in os.listdir(spec) if os.path.isfile(os.path.join(spec, n)))
+        paths = [os.path.join(spec, n) for n in _select(spec, names, forced)]
         if not paths:
             raise ConfigError(f"--input {spec}: directory holds no input files ({_wanted_text(forced)})")
         return paths
@@ -90,16 +104,48 @@ def discover(spec: str, forced: str = "auto") -> list[str]:
     raise ConfigError(f"--input {spec}: no such file or directory")
 
 
-def _wanted(name: str, forced: str) -> bool:
-    if name.startswith(".") or name.startswith("_"):
-        return False  # hidden files, _SUCCESS markers and the like
+def _whole_folder(spec: str) -> str:
+    path = spec.removeprefix("file://")
+    if is_url(spec) or not os.path.isdir(path):
+        raise ConfigError(f"--input {spec}: --input-format folder reads a local directory of images")
+    return path
+
+
+def _select(where: str, names: list[str], forced: str) -> list[str]:
+    """The names in a listed directory that are input files of one format; logs what was skipped."""
+    candidates = [n for n in names if not n.startswith((".", "_")) and not _NOT_DATA.match(n)]
     if forced == "auto":
-        return _has_known_ext(name)
-    return format_of(name, "auto") == forced if _has_known_ext(name) else False
+        present = {_ext_format(n) for n in candidates if _has_known_ext(n)}
+        chosen = next((r for r in READERS if r in present), None)
+    else:
+        chosen = forced
+    kept = [n for n in candidates if chosen is not None and _ext_format(n) == chosen]
+    if chosen == "txt":
+        kept = [n for n in kept if _looks_like_url_list(f"{where.rstrip('/')}/{n}")]
+    skipped = [n for n in names if n not in set(kept)]
+    if skipped and kept:
+        logger.warning(
+            "--input %s: read %d %s file(s), skipped %d other file(s): %s",
+            where, len(kept), chosen, len(skipped), ", ".join(skipped[:8]) + (" …" if len(skipped) > 8 else ""),
+        )  # fmt: skip
+    return kept
+
+
+def _looks_like_url_list(path: str) -> bool:
+    """A ``.txt`` URL list starts with a URL; prose (notes, licences) does not."""
+    try:
+        with open_binary(path) as fh:
+            for line in _lines(fh):
+                return "://" in line.split()[0] if line.split() else False
+    except (OSError, UnicodeDecodeError):
+        return True  # unreadable: let the reader report it by name
+    return True  # empty: zero rows, harmless
 
 
 def _wanted_text(forced: str) -> str:
-    return "*." + forced if forced != "auto" else "parquet, jsonl, csv, tsv, txt, optionally .gz"
+    if forced != "auto":
+        return " ".join("*" + e for e in READERS[forced].extensions) or forced
+    return ", ".join(e.lstrip(".") for r in READERS.values() if r.auto for e in r.extensions) + ", optionally .gz"
 
 
 def _filesystem(url: str) -> tuple[Any, str]:
@@ -119,7 +165,8 @@ def _discover_remote(spec: str, forced: str) -> list[str]:
         if glob.has_magic(path):
             found = [p for p in fs.glob(path) if fs.isfile(p)]
         elif fs.isdir(path):
-            found = [p for p in fs.ls(path, detail=False) if _wanted(os.path.basename(p), forced) and fs.isfile(p)]
+            listed = {os.path.basename(p.rstrip("/")): p for p in fs.ls(path, detail=False) if fs.isfile(p)}
+            found = [listed[n] for n in _select(spec, sorted(listed), forced)]
         elif fs.isfile(path):
             found = [path]
         else:
@@ -154,6 +201,9 @@ class Source:
 
 def open_source(path: str, fmt: str, count_column: str) -> Source:
     """Read ``path``'s schema and row count (metadata for parquet, one streaming pass otherwise)."""
+    module = READERS[fmt].load()
+    if module.__name__ != __name__:
+        return module.open_source(path, fmt, count_column)  # type: ignore[no-any-return]
     try:
         if fmt == "parquet":
             with _parquet(path) as pf:
@@ -201,7 +251,7 @@ def _text_names(path: str, fmt: str, url_col: str) -> tuple[str, ...]:
         if fmt == "jsonl":
             for line in _lines(fh):
                 if line.startswith("["):
-                    raise ConfigError(f"--input {path}: a JSON array, not JSON Lines; write one object per line")
+                    raise ConfigError(f"--input {path}: a JSON array, not JSON Lines; pass --input-format json")
                 first = json.loads(line)
                 if not isinstance(first, dict):
                     raise ConfigError(f"--input {path}: JSON Lines rows must be objects")
@@ -254,7 +304,10 @@ def read_tables(
 
     Batches may start before ``start`` (parquet row groups, csv blocks); the caller slices.
     """
-    if src.fmt == "parquet":
+    module = READERS[src.fmt].load()
+    if module.__name__ != __name__:
+        yield from module.read_tables(src, columns, batch_rows, start, stop, strings)
+    elif src.fmt == "parquet":
         yield from _parquet_tables(src, columns, batch_rows, start, stop)
     elif src.fmt == "csv" or src.fmt == "tsv":
         yield from _csv_tables(src, columns, start, stop, strings)
@@ -333,6 +386,11 @@ def _lines_table(lines: list[str], fmt: str, columns: list[str]) -> pa.Table:
         except json.JSONDecodeError:
             obj = None  # a broken line becomes a row without URL: recorded as missing_url, counts still add up
         records.append(obj if isinstance(obj, dict) else {})
+    return records_table(records, columns)
+
+
+def records_table(records: list[dict[str, Any]], columns: list[str]) -> pa.Table:
+    """The ``columns`` of ``records`` as a table; a column of mixed types becomes text."""
     data: dict[str, pa.Array] = {}
     for col in columns:
         values = [r.get(col) for r in records]

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from fetcher.boxslots import BoxSlots
 from fetcher.config import Config
 from fetcher.diskguard import DiskFull, DiskGuard, is_disk_full
+from fetcher.fetchers import Fetch, HttpFetch, LocalFetch, LocalRoots, local_roots
 from fetcher.hostmix import HostMix
 from fetcher.http import HttpClient
 from fetcher.lifecycle import RunAborted, SignalGate, exit_code_for
@@ -24,6 +25,7 @@ from fetcher.monitor import Monitor
 from fetcher.netguard import UrlRefused
 from fetcher.options import ConfigError
 from fetcher.reader import InputDataError, InputFile, TarPlan, iter_rows, open_inputs, plan_tars
+from fetcher.readers import reader
 from fetcher.records import FetchOutcome, InputRow, Reason, SampleResult, Status
 from fetcher.retry_failed import RetryPlan, plan_retry
 from fetcher.scheduler import Job, Scheduler
@@ -47,6 +49,7 @@ class RunPlan:
     todo: list[TarPlan]
     output: Output
     retries: dict[int, RetryPlan] = field(default_factory=dict)  # --retry-failed: finished tars to revisit
+    local_roots: LocalRoots | None = None  # rows are local images in these folders/tars (LocalFetch)
 
     def new_stats(self) -> RunStats:
         """Counters for this plan: the rows it has to finish, the tars it covers."""
@@ -57,22 +60,23 @@ class RunPlan:
 def prepare(cfg: Config) -> RunPlan:
     """Open inputs, plan this shard's tars and find those already complete. Raises ConfigError."""
     files = open_inputs(cfg.run.input, cfg.input, cfg.imaging.verify_hash)
+    roots = local_roots([(f.path, reader(f.source.fmt)) for f in files], cfg.input.images_from)
     total = sum(f.num_rows for f in files)
     tars = plan_tars(total, cfg.run.samples_per_tar, cfg.run.shard_pair)
     output = Output(cfg.run.output, cfg.output, cfg.input.save_list, cfg.imaging.hash_column)
-    if cfg.durability.retry_failed and (cfg.output.output_format != "webdataset" or is_remote(cfg.run.output)):
-        raise ConfigError("--retry-failed rewrites tars in a local folder: use it with --output-format webdataset")
+    if cfg.durability.retry_failed and is_remote(cfg.run.output):
+        raise ConfigError("--retry-failed rewrites finished tars in place: use it with a local --output")
     todo: list[TarPlan] = []
     retries: dict[int, RetryPlan] = {}
     for t in tars:
         if not output.is_complete(t.index):
             todo.append(t)
         elif cfg.durability.retry_failed:
-            retry = plan_retry(ShardFiles(output.local_root, t.index), t, cfg.input.save_list)
+            retry = plan_retry(ShardFiles(output.local_root, t.index), t, cfg.input.save_list, cfg.output.format)
             if retry is not None:
                 retries[t.index] = retry
                 todo.append(t)
-    return RunPlan(cfg=cfg, files=files, tars=tars, todo=todo, output=output, retries=retries)
+    return RunPlan(cfg=cfg, files=files, tars=tars, todo=todo, output=output, retries=retries, local_roots=roots)
 
 
 class ByteBudget:
@@ -126,7 +130,7 @@ class Pipeline:
         """Fetch, process and write every row of the planned tars (until stopped by a signal)."""
         self.plan.output.cleanup([t.index for t in self.plan.todo])
         async with (
-            HttpClient(self.cfg.http) as self.http,
+            HttpClient(self.cfg.http) as http,
             ImagingPool(
                 self.cfg.run.worker_count,
                 self.cfg.imaging,
@@ -135,6 +139,8 @@ class Pipeline:
             ) as self.pool,
             self.monitor.watching(self.scheduler, self.budget, self.pool),
         ):
+            roots = self.plan.local_roots
+            self.fetch: Fetch = HttpFetch(http) if roots is None else LocalFetch(roots, self.cfg.http.max_body_bytes)
             self._producer = asyncio.create_task(self._produce())
             self._dispatcher = asyncio.create_task(self._dispatch())
             guards = self._guards = [asyncio.create_task(self._watchdog()), asyncio.create_task(self._disk_monitor())]
@@ -263,7 +269,6 @@ class Pipeline:
                 self.stats.notes.append(str(self.hostmix.note))
 
     async def _read_tar(self, tar: TarPlan, retry: RetryPlan | None) -> None:
-        policy = self.http.policy
         rows = iter_rows(
             self.plan.files, tar, self.cfg.input, self.cfg.run.samples_per_tar, self.cfg.imaging.verify_hash
         )
@@ -276,12 +281,13 @@ class Pipeline:
                 self._finish(SampleResult.failure(row, row.skip_reason, row.skip_detail))
                 continue
             try:
-                url = policy.check_url(row.url)
+                url = self.fetch.admit(row.url)
             except UrlRefused as exc:
                 self._finish(SampleResult.failure(row, exc.reason, exc.detail))
                 continue
-            host = self.scheduler.key_of(url)
-            self.hostmix.see(host)
+            host = self.fetch.slot or self.scheduler.key_of(url)
+            if self.fetch.slot is None:  # local files are no host's politeness matter
+                self.hostmix.see(host)
             await self.scheduler.put(Job(row=row, url=url, host=host))
             self.monitor.row_scheduled()
 
@@ -304,7 +310,7 @@ class Pipeline:
 
     async def _handle(self, job: Job) -> None:
         try:
-            outcome = await self.http.fetch(job.url)
+            outcome = await self.fetch.fetch(job.url)
         except asyncio.CancelledError:
             self.scheduler.complete(job, FetchOutcome(reason=Reason.SHUTDOWN))
             raise

@@ -60,6 +60,11 @@ class InputOptions:
     key_col: str = opt(
         "--key-col", "", "use this input column (letters and digits kept) as the sample key instead of generated digits"
     )
+    images_from: str = opt(
+        "--images-from",
+        "",
+        "read images from this local folder/tar(s) (or fsspec URL): the --url-col values are paths in it",
+    )
     filter: str = opt(
         "--filter",
         "",
@@ -251,6 +256,9 @@ def _input_row(tar: int, r: int, key: str, rec: dict[str, Any], opts: InputOptio
 
 
 _KEY_JUNK = re.compile(r"[^0-9A-Za-z]+")
+# A file name's image extension is not part of its key: "19d1b.png" -> "19d1b", not "19d1bpng"
+# (the sink adds the extension of the saved image).
+_IMAGE_SUFFIX = re.compile(r"\.(jpe?g|png|webp|gif|bmp|tiff?|avif|heic|heif|jxl|jp2|ppm)$", re.IGNORECASE)
 
 
 def sanitize_key(value: object) -> str:
@@ -259,7 +267,7 @@ def sanitize_key(value: object) -> str:
         return ""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    return _KEY_JUNK.sub("", str(value))[:120]
+    return _KEY_JUNK.sub("", _IMAGE_SUFFIX.sub("", str(value)))[:120]
 
 
 def _with_input_key(row: InputRow, value: object, seen: set[str]) -> InputRow:

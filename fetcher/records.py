@@ -25,6 +25,7 @@ class Reason(StrEnum):
     UNSUPPORTED_SCHEME = "unsupported_scheme"
     FILTERED = "filtered"
     BAD_KEY = "bad_key"
+    MISSING_FILE = "missing_file"  # a local input's image is not in its tar/folder
     # network policy
     BLOCKED_ADDRESS = "blocked_address"
     ROBOTS_DISALLOWED = "robots_disallowed"

@@ -1,12 +1,12 @@
 """``--retry-failed``: revisit finished tars and re-fetch only the rows whose failure may pass next time.
 
-The old successes are read back from the old tar (members copied verbatim) and the old final
-failures from its results parquet; the tar is then rewritten atomically (ShardWriter ``replace``).
+The old successes are read back from the old tar (members copied verbatim; a tar of any
+``--output-format``: tar, folder, images parquet, tfrecord) and the old final failures from its
+results parquet; the tar is then rewritten atomically (ShardWriter ``replace``).
 """
 
 from __future__ import annotations
 
-import tarfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from fetcher.reader import TarPlan
 from fetcher.records import ImageOutcome, InputRow, Reason, SampleResult, Status
 from fetcher.retry import RETRYABLE
+from storage.formats import OutputFormat
 from storage.layout import ShardFiles
 from storage.results import BASE_SCHEMA
 
@@ -92,33 +93,22 @@ def result_from_record(rec: dict[str, Any], tar_index: int, save_columns: list[s
     )
 
 
-def tar_members(path: str) -> dict[str, dict[str, bytes]]:
-    """Every sample of a tar: key -> {extension: bytes}."""
-    samples: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(path) as tf:
-        for member in tf:
-            if not member.isfile():
-                continue
-            key, _, ext = member.name.partition(".")
-            fh = tf.extractfile(member)
-            assert fh is not None
-            samples.setdefault(key, {})[ext] = fh.read()
-    return samples
+def plan_retry(files: ShardFiles, tar: TarPlan, save_columns: list[str], fmt: OutputFormat) -> RetryPlan | None:
+    """The retry plan of a finished tar, or None when none of its failures is retryable.
 
-
-def plan_retry(files: ShardFiles, tar: TarPlan, save_columns: list[str]) -> RetryPlan | None:
-    """The retry plan of a finished tar, or None when none of its failures is retryable."""
+    The old samples are read back in the output's own format (tar, folder, parquet, tfrecord).
+    """
     todo = retry_rows(files)
     if not todo:
         return None
-    members = tar_members(files.tar)
+    members = fmt.read_samples(files)
     keep: list[CarryOver] = []
     for rec in pq.read_table(files.parquet).to_pylist():
         res = result_from_record(rec, tar.index, save_columns)
         if res.row.row_in_tar in todo:
             continue
         got = members.get(res.row.key, {})
-        if res.status is Status.SUCCESS and not got:
+        if res.status is Status.SUCCESS and not got and fmt.keeps_samples:
             # The parquet says success but the tar lacks it: fetch it again rather than lose it.
             todo.add(res.row.row_in_tar)
             continue

@@ -1,5 +1,6 @@
 """Dataset-level files rebuilt from the per-tar files of completed tars: the wids shard index and the
-``files`` format's ``metadata.parquet``.
+``files`` format's ``metadata.parquet`` (SimpleTuner, and HF imagefolder through its ``file_name``
+column) and ``data.json`` (a JSON array of image/caption/width/height, the caption-dataset shape).
 
 Several workers share one output folder and each rebuilds after its own tars, so a rebuild can race
 with another worker's. Each rebuild lists the completed tars, writes the file atomically, then lists
@@ -23,6 +24,8 @@ from storage.sinks import METADATA_SCHEMA
 
 WIDS_INDEX = "wids-index.json"
 METADATA = "metadata.parquet"
+DATA_JSON = "data.json"
+MANIFESTS = (DATA_JSON,)
 _MARKER = re.compile(r"^(\d{5,})_stats\.json$")
 
 
@@ -105,6 +108,32 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 def update_metadata(backend: Backend) -> list[int]:
     """Rebuild ``metadata.parquet`` from the completed tars' pieces; returns the tars included."""
     return converge(backend, METADATA, lambda done: build_metadata(backend, done))
+
+
+def build_data_json(backend: Backend, done: list[int]) -> bytes:
+    """``data.json``: ``[{"image", "caption", "width", "height", ...saved columns}]`` over the completed
+    tars, paths relative to the output root (memory: the manifest itself, as the trainers load it)."""
+    entries: list[dict[str, object]] = []
+    for k in done:
+        name = f"{k:05d}_metadata.parquet"
+        if not backend.exists(name):
+            continue
+        for row in pq.read_table(io.BytesIO(backend.read_bytes(name))).to_pylist():
+            entry: dict[str, object] = {
+                "image": row.pop("filename"),
+                "caption": row.pop("caption") or "",
+                "width": row.pop("width"),
+                "height": row.pop("height"),
+            }
+            row.pop("file_name", None)
+            entry.update(row)
+            entries.append(entry)
+    return json.dumps(entries, indent=1, ensure_ascii=False, default=str).encode("utf-8")
+
+
+def update_manifests(backend: Backend) -> list[int]:
+    """Rebuild ``data.json`` from the completed tars' metadata pieces; returns the tars included."""
+    return converge(backend, DATA_JSON, lambda done: build_data_json(backend, done))
 
 
 def simpletuner_config(output: str, dataset_id: str = "") -> dict[str, object]:

@@ -44,6 +44,11 @@ class ShardFiles:
         """``--output-format parquet``: the samples with their image bytes."""
         return self.stem + "_images.parquet"
 
+    @property
+    def tfrecord(self) -> str:
+        """``--output-format tfrecord``: the samples as tf.train.Example records."""
+        return self.stem + ".tfrecord"
+
     def is_complete(self) -> bool:
         """A tar counts as done only when its stats marker exists (written after tar and parquet)."""
         return os.path.exists(self.stats)

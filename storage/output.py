@@ -1,4 +1,4 @@
-"""The output of a run: format (webdataset, files, parquet), location (local or object store) and the
+"""The output of a run: format (see storage/formats.py), location (local or object store) and the
 dataset-level indexes kept up to date as tars complete."""
 
 from __future__ import annotations
@@ -16,15 +16,14 @@ from dataclasses import dataclass
 from fetcher.options import ConfigError, opt
 from storage.atomic import TMP_SUFFIX
 from storage.backend import Backend, is_remote, open_backend
-from storage.indexes import WidsIndex, completed, update_metadata
+from storage.formats import FORMATS, METADATA, WIDS, OutputFormat, format_help
+from storage.indexes import MANIFESTS, WidsIndex, completed, update_manifests, update_metadata
 from storage.layout import ShardFiles
 from storage.shard import ShardWriter
-from storage.sinks import FilesSink, ParquetSink, SampleSink
-from storage.tarwriter import TarSink
 
 log = logging.getLogger(__name__)
 
-OUTPUT_FORMATS = ("webdataset", "files", "parquet")
+OUTPUT_FORMATS = tuple(FORMATS)
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,7 @@ class OutputOptions:
     output_format: str = opt(
         "--output-format",
         "webdataset",
-        "webdataset (tars), files (images + .txt per tar folder, metadata.parquet) or parquet (image bytes column)",
+        format_help(),
         choices=OUTPUT_FORMATS,
         aliases=("--output_format",),
     )
@@ -45,6 +44,11 @@ class OutputOptions:
     print_simpletuner_config: bool = opt(
         "--print-simpletuner-config", False, "print a SimpleTuner dataloader entry for this output and exit"
     )
+
+    @property
+    def format(self) -> OutputFormat:
+        """The registry entry of ``--output-format``."""
+        return FORMATS[self.output_format]
 
     def validate(self) -> None:
         if self.output_format not in OUTPUT_FORMATS:
@@ -73,7 +77,7 @@ class Output:
 
     @property
     def _wants_wids(self) -> bool:
-        return self.opts.output_format == "webdataset" and self.opts.wids_index
+        return WIDS in self.opts.format.indexes and self.opts.wids_index
 
     def is_complete(self, index: int) -> bool:
         """A tar is done when its stats marker is at the final location (one listing, not one
@@ -109,13 +113,7 @@ class Output:
     def new_writer(self, index: int, expected: int, replace: bool = False) -> ShardWriter:
         """The writer of tar ``index``; its commit publishes tar, parquet and marker, in that order."""
         files = ShardFiles(self.local_root, index)
-        sink: SampleSink
-        if self.opts.output_format == "files":
-            sink = FilesSink(files, self.save_columns)
-        elif self.opts.output_format == "parquet":
-            sink = ParquetSink(files)
-        else:
-            sink = TarSink(files.tar)
+        sink = self.opts.format.make_sink(files, self.save_columns)
         return ShardWriter(
             files, expected, self.save_columns, self.hash_column, sink=sink, publish=self._publish, replace=replace
         )
@@ -131,8 +129,9 @@ class Output:
         try:
             if self.wids is not None:
                 self.wids.update()
-            if self.opts.output_format == "files":
+            if METADATA in self.opts.format.indexes:
                 update_metadata(self.backend)
+                update_manifests(self.backend)
         except (OSError, ValueError) as exc:
             log.warning("index update failed (%s); rerun `python -m fetcher metadata`", exc)
 
@@ -147,4 +146,5 @@ def rebuild(url: str) -> dict[str, int]:
         out["wids-index.json"] = len(WidsIndex(backend, os.path.basename(url.rstrip("/"))).update())
     if any(n.endswith("_metadata.parquet") for n in names):
         out["metadata.parquet"] = len(update_metadata(backend))
+        out.update(dict.fromkeys(MANIFESTS, len(update_manifests(backend))))
     return out

@@ -84,8 +84,8 @@ class ShardWriter:
         if res.row.row_in_tar in self.done_rows:
             raise ValueError(f"row {res.row.key} carried over twice")
         self.done_rows.add(res.row.row_in_tar)
-        if members:
-            self.sink.add_sample(res.row.key, members)
+        if members:  # with its result: the files sink's metadata row needs caption and size
+            self.sink.add_sample(res.row.key, members, res)
         self.results.append(res)
 
     def stats(self) -> dict[str, Any]:
@@ -116,22 +116,20 @@ class ShardWriter:
         return self._mark_complete(self.stats(), [*self.sink.outputs, self.files.parquet])
 
     def _commit_replacement(self) -> dict[str, Any]:
-        # Both new files are complete on disk (as .tmp) before the old marker goes; only then are
-        # they renamed over the old pair and a new marker written. A crash in that short window
-        # leaves a tar without marker, which the next run redoes from scratch: no row is lost or
-        # duplicated, at worst re-downloaded.
-        assert isinstance(self.sink, TarSink), "--retry-failed rewrites webdataset tars only"
-        self.sink.finish()
+        # The new results are complete on disk (as .tmp) before the old marker goes; only then does
+        # the sink commit over its old output (any format: a rename, or the files folder swapped
+        # whole) and the new marker follow. A crash in between leaves a tar without marker, which
+        # the next run redoes from scratch: no row is lost or duplicated, at worst re-downloaded.
         new_parquet = self.files.parquet + TMP_SUFFIX
         write_results(new_parquet, self.results, self.save_columns, self.hash_column)
         stats = self.stats()
         os.unlink(self.files.stats)
         fsync_dir(self.files.root)
         self._committed = True
-        os.replace(self.sink.tmp, self.files.tar)
+        self.sink.commit()
         os.replace(new_parquet, self.files.parquet)
         fsync_dir(self.files.root)
-        return self._mark_complete(stats, [self.files.tar, self.files.parquet])
+        return self._mark_complete(stats, [*self.sink.outputs, self.files.parquet])
 
     def _mark_complete(self, stats: dict[str, Any], committed: list[str]) -> dict[str, Any]:
         """Write the stats marker last, then tell the dataset indexes (wids-index.json) about the tar."""

@@ -19,10 +19,12 @@ from storage.atomic import TMP_SUFFIX, atomic_file, commit_tmp, fsync_dir
 from storage.layout import ShardFiles
 
 # The dataset-level metadata.parquet (and each tar's piece of it): what SimpleTuner's parquet
-# metadata backend reads. filename is relative to the output root and includes the extension.
+# metadata backend reads. filename is relative to the output root and includes the extension;
+# file_name is the same path under the name HF datasets' imagefolder loader looks for, so
+# load_dataset("imagefolder", data_dir=OUTPUT) reads the folder through this same file.
 METADATA_SCHEMA = pa.schema(
-    [("filename", pa.string()), ("caption", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
-     ("key", pa.string()), ("url", pa.string())]
+    [("filename", pa.string()), ("file_name", pa.string()), ("caption", pa.string()), ("width", pa.int32()),
+     ("height", pa.int32()), ("key", pa.string()), ("url", pa.string())]
 )  # fmt: skip
 
 
@@ -104,8 +106,10 @@ class FilesSink:
             self.bytes_written += len(data)
         self.samples += 1
         fields = sample_fields(key, members, res)
+        filename = f"{os.path.basename(self.files.folder)}/{key}.{fields['ext']}"
         row = {
-            "filename": f"{os.path.basename(self.files.folder)}/{key}.{fields['ext']}",
+            "filename": filename,
+            "file_name": filename,
             "caption": res.row.caption if res is not None else None,
             "width": fields["width"],
             "height": fields["height"],

@@ -292,6 +292,8 @@ def test_parquet_output_holds_image_bytes(laion: tuple[Path, list[dict[str, Any]
 def _write_formats(tmp: Path, rows: list[dict[str, Any]]) -> dict[str, Path]:
     paths = {"parquet": tmp / "in.parquet", "jsonl": tmp / "in.jsonl.gz", "csv": tmp / "in.csv", "tsv": tmp / "in.tsv"}
     pq.write_table(pa.Table.from_pylist(rows), paths["parquet"], row_group_size=4)
+    paths["json"] = tmp / "in.json"  # img2dataset's json: one JSON array
+    paths["json"].write_text(json.dumps(rows, indent=2))
     with gzip.open(paths["jsonl"], "wt") as fh:
         for r in rows:
             fh.write(json.dumps(r) + "\n\n")  # blank lines are not rows
@@ -330,14 +332,14 @@ def test_every_input_format_numbers_rows_the_same(tmp_path: Path) -> None:
         if fmt != "txt":
             assert [r.caption for r in got] == [r["cogvlm_caption"] or r["tags"] for r in rows], fmt
             kept = [r for r in got if r.skip_reason is None]
-            assert [r.key for r in kept] == [f"pexels{i}jpg" for i in range(15)], fmt
+            assert [r.key for r in kept] == [f"pexels{i}" for i in range(15)], fmt  # ".jpg" is no part of it
             assert {r.skip_reason for r in got[15:]} == {"filtered"}
         layouts[fmt] = [(r.tar_index, r.row_in_tar, r.url) for r in got]
     assert len({tuple(v) for v in layouts.values()}) == 1
     # a second shard of the concatenated input sees the same rows as the full run
     both = open_inputs(str(tmp_path / "in.*"), InputOptions(url_col="url", caption_col=""))
     assert [f.path for f in both] == sorted(str(p) for p in paths.values())
-    assert sum(f.num_rows for f in both) == len(rows) * 5
+    assert sum(f.num_rows for f in both) == len(rows) * len(paths)
 
 
 def test_key_col_sanitised_and_unique_per_tar(tmp_path: Path) -> None:
@@ -372,7 +374,7 @@ def test_filter_semantics() -> None:
     assert parse_filter("not (lang == 'de') and lang is not None").mask(table) == [True, False, True, False]
     assert parse_filter("len(TEXT) > 3 or col('a') * 10 == 1").mask(table) == [True, True, False, False]
     assert parse_filter("a < 0.5").columns == ("a",)
-    assert normalize_format("csv.gz") == "csv" and normalize_format("json") == "jsonl"
+    assert normalize_format("csv.gz") == "csv" and normalize_format("json") == "json"
 
 
 @pytest.mark.parametrize(
@@ -382,7 +384,7 @@ def test_filter_semantics() -> None:
         (["--filter", "open('x')"], "--filter"),
         (["--key-col", "missing"], "column 'missing' (--key-col) not found"),
         (["--input-format", "xml"], "--input-format 'xml'"),
-        (["--output-format", "tfrecord"], "--output-format"),
+        (["--output-format", "tfrecords"], "--output-format"),
     ],
 )
 def test_cli_input_errors_are_one_line(tmp_path: Path, args: list[str], needle: str) -> None:
@@ -474,7 +476,12 @@ def test_s3_files_output_with_metadata(s3: Any, laion: tuple[Path, list[dict[str
         assert image.size == (m["width"], m["height"])
         caption = fs.cat_file(f"files-bucket/pcb/{m['filename'].rsplit('.', 1)[0]}.txt").decode()
         assert caption == m["caption"] == rows[int(m["key"][:5]) * S + int(m["key"][5:])]["TEXT"]
-    assert len(fs.ls("files-bucket/pcb")) == 4 * 4 + 1  # folder, piece, results, marker per tar + metadata
+    # folder, piece, results, marker per tar + metadata.parquet and data.json
+    assert len(fs.ls("files-bucket/pcb")) == 4 * 4 + 2
+    data = json.loads(fs.cat_file("files-bucket/pcb/data.json"))
+    assert [(d["image"], d["caption"], d["width"]) for d in data] == [
+        (m["filename"], m["caption"], m["width"]) for m in meta
+    ]
 
 
 def test_csv_column_blank_in_the_first_block_still_filters(tmp_path: Path) -> None:

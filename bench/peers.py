@@ -153,7 +153,13 @@ def _from_measurement(wl: Workload, runner: str, m: Measurement, ok: int, out_by
 
 
 def run_fetcher(
-    wl: Workload, urls: Path, out: Path, profile: Path | None = None, processes: int = 0, user_flags: bool = False
+    wl: Workload,
+    urls: Path,
+    out: Path,
+    profile: Path | None = None,
+    processes: int = 0,
+    user_flags: bool = False,
+    extra: list[str] | None = None,
 ) -> Result:
     """``python -m fetcher`` on the workload; ``user_flags``: seed 003's --resize-only-if-bigger --skip-reencode."""
     cmd = [sys.executable, "-m", "fetcher", "--input", str(urls), "--output", str(out)]
@@ -163,6 +169,7 @@ def run_fetcher(
         cmd += ["--processes", str(processes), "--samples-per-tar", str(max(1, -(-wl.rows // (4 * processes))))]
     if user_flags:
         cmd += ["--resize-only-if-bigger", "--skip-reencode"]
+    cmd += extra or []
     if profile is not None:
         spy = Path(sys.executable).parent / "py-spy"
         if not spy.exists():

@@ -7,8 +7,9 @@ EXTRAS=${2-dev}  # "" = runtime only (deploy/Dockerfile)
 PY=${PYTHON:-python3}
 
 debs=(libjpeg62-turbo-dev zlib1g-dev libpng-dev libwebp-dev libtiff-dev libfreetype-dev liblcms2-dev)
-# Test tools (dev installs only): strace traces the fsync -> rename -> marker order in tests/test_atomicity.py.
-if [[ -n "$EXTRAS" ]]; then debs+=(strace); fi
+# Test tools (dev installs only): strace traces the fsync -> rename -> marker order in tests/test_atomicity.py;
+# redis-server is the fleet politeness store of tests/test_fleet.py.
+if [[ -n "$EXTRAS" ]]; then debs+=(strace redis-server); fi
 missing=()
 if command -v dpkg >/dev/null 2>&1; then
   for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

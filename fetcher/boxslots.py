@@ -17,7 +17,7 @@ import zlib
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 from multiprocessing.synchronize import Lock
-from typing import Any
+from typing import Any, Protocol
 
 from fetcher.hostlimits import SlotLimits
 
@@ -42,6 +42,19 @@ class Busy:
 
     at: float
     dead: bool = False
+
+
+class SharedSlots(Protocol):
+    """Per-host state shared beyond one process: the box's table, or a fleet's store."""
+
+    def try_start(self, key: str, limits: SlotLimits, now: float) -> Busy | None:
+        """Take a lease for a request to ``key`` starting now, or say when to look again."""
+
+    def finish(self, key: str, pause_until: float, delay: float, dead_until: float, failures: int) -> None:
+        """Hand a lease back with what its answer taught about the host."""
+
+    def failures(self, key: str) -> int | None:
+        """Consecutive host-down outcomes of ``key`` among the sharers (None: not known, keep your own)."""
 
 
 class BoxSlots:

@@ -114,6 +114,8 @@ class LiveSources:
     throttled: Callable[[], int] = lambda: 0
     breaker_openings: Callable[[], int] = lambda: 0
     disk_paused: Callable[[], int] = lambda: 0
+    store_up: Callable[[], int] = lambda: 1  # --politeness-store answering (1 without one)
+    store_errors: Callable[[], int] = lambda: 0
     output_dir: str = "."
 
 
@@ -204,6 +206,7 @@ class _LiveCollector(Collector):
             ("fetcher_retries", "fetch attempts re-queued for a retry", src.retries()),
             ("fetcher_throttled_responses", "429/503 answers that raised a host's delay", src.throttled()),
             ("fetcher_breaker_openings", "times a host's circuit breaker opened", src.breaker_openings()),
+            ("fetcher_politeness_store_errors", "failed calls to --politeness-store", src.store_errors()),
         ):
             yield CounterMetricFamily(name, doc, value=value)
         queue = GaugeMetricFamily("fetcher_queue_depth", "items waiting, by stage", labels=["stage"])
@@ -224,6 +227,7 @@ class _LiveCollector(Collector):
             ("fetcher_event_loop_lag_seconds", "lateness of a periodic event-loop timer", m.event_loop_lag),
             ("fetcher_disk_free_bytes", "free bytes on the output filesystem", free),
             ("fetcher_disk_paused", "1 while work is paused below --min-free-disk", src.disk_paused()),
+            ("fetcher_politeness_store_up", "0 while --politeness-store does not answer", src.store_up()),
         )
         for gname, gdoc, gvalue in gauges:
             yield GaugeMetricFamily(gname, gdoc, value=gvalue)

@@ -18,6 +18,7 @@ from fetcher.boxslots import BoxSlots
 from fetcher.config import Config
 from fetcher.diskguard import DiskFull, DiskGuard, is_disk_full
 from fetcher.fetchers import Fetch, HttpFetch, LocalFetch, LocalRoots, local_roots
+from fetcher.fleet import RedisSlots, shared_slots
 from fetcher.hostmix import HostMix
 from fetcher.http import HttpClient
 from fetcher.lifecycle import RunAborted, SignalGate, exit_code_for
@@ -109,12 +110,19 @@ class Pipeline:
         self.plan = plan
         self.cfg = plan.cfg
         self.stats = plan.new_stats()
-        self.scheduler = Scheduler(self.cfg.scheduler, box=box)
+        sched = self.cfg.scheduler
+        # A lease never outlives its request's hard deadline, so a dead box's leases lapse soon after.
+        self.shared = shared_slots(sched.politeness_store, sched.politeness_prefix, self.cfg.http.timeout + 10, box)
+        self.scheduler = Scheduler(sched, box=self.shared)
         self.hostmix = HostMix(self.cfg.scheduler.concurrency, self.scheduler.limits)
         self.budget = ByteBudget(self.cfg.run.max_bytes_in_flight)
         self.monitor = Monitor(self.cfg.monitor, self.stats, self.cfg.run.shard_pair, plan.output.local_root)
         self.disk = DiskGuard(plan.output.local_root, self.cfg.durability)
         self.monitor.metrics.sources.disk_paused = lambda: int(self.disk.paused)
+        if isinstance(self.shared, RedisSlots):
+            store = self.shared.counters
+            self.monitor.metrics.sources.store_up = lambda: store.up
+            self.monitor.metrics.sources.store_errors = lambda: store.errors
         self.writers: dict[int, ShardWriter] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._finalizers: list[asyncio.Task[None]] = []

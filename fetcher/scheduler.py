@@ -19,7 +19,7 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from fetcher.boxslots import BoxSlots
+from fetcher.boxslots import SharedSlots
 from fetcher.hostkey import POLITENESS_KEYS, key_function
 from fetcher.hostkey import hostname as host_key
 from fetcher.hostlimits import HostLimits, SlotLimits
@@ -59,6 +59,15 @@ class SchedulerOptions:
     breaker_cooldown: float = opt(
         "--breaker-cooldown", 60.0, "seconds a host's breaker stays open (and rows fail fast) before a probe"
     )
+    politeness_store: str = opt(
+        "--politeness-store",
+        "",
+        "redis://HOST:PORT/DB: per-host limits held for every box using this store (default: this box only)",
+        metavar="URL",
+    )
+    politeness_prefix: str = opt(
+        "--politeness-prefix", "fetcher", "key prefix in --politeness-store (boxes that share limits use one)"
+    )
 
     def validate(self) -> None:
         for name in ("concurrency", "per_host_concurrency", "per_host_burst", "read_ahead"):
@@ -70,6 +79,8 @@ class SchedulerOptions:
         for name in ("backoff_base", "backoff_max", "breaker_cooldown"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0")
+        if self.politeness_store and not self.politeness_store.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"--politeness-store {self.politeness_store!r}: expected redis://HOST:PORT/DB")
         if self.politeness_key not in POLITENESS_KEYS:
             raise ConfigError(
                 f"--politeness-key must be one of {', '.join(POLITENESS_KEYS)}, not {self.politeness_key!r}"
@@ -126,12 +137,12 @@ class Scheduler:
     """Hands out jobs whose host slot is ready, one global permit each.
 
     Single producer (``put``), single dispatcher (``dispatch``), any number of ``complete`` calls.
-    With ``box`` (several engine processes on one box) every start also takes a box-wide lease, so
-    per-host limits hold for the box; ``clock`` must then be ``time.monotonic``, which all processes share.
+    With ``box`` (the box's shared table, or a fleet's store) every start also takes a shared lease, so
+    per-host limits hold for the box or fleet; ``clock`` must then be ``time.monotonic``.
     """
 
     def __init__(
-        self, opts: SchedulerOptions, clock: Callable[[], float] = time.monotonic, box: BoxSlots | None = None
+        self, opts: SchedulerOptions, clock: Callable[[], float] = time.monotonic, box: SharedSlots | None = None
     ) -> None:
         self.opts = opts
         self.clock = clock
@@ -227,8 +238,9 @@ class Scheduler:
         slot = self._slots[job.host]
         self._inflight -= 1
         st = slot.state
-        if self.box is not None:  # the breaker counts the whole box's consecutive failures
-            st.failures = self.box.failures(job.host)
+        shared = self.box.failures(job.host) if self.box is not None else None
+        if shared is not None:  # the breaker counts the whole box's (or fleet's) consecutive failures
+            st.failures = shared
         v = st.record(outcome, job.started, now)
         if self.box is not None:
             self.box.finish(job.host, st.pause_until, st.delay, st.dead_until if st.is_dead(now) else 0.0, st.failures)

@@ -217,7 +217,7 @@ def test_sigterm_stops_every_engine_and_a_rerun_finishes_exactly_once(farm: Farm
 
 
 def test_an_engine_killed_midway_exits_75_and_a_rerun_finishes(farm: Farm, tmp_path: Path) -> None:
-    urls = _slow_urls(farm, 120, 300, "boxkill")
+    urls = _slow_urls(farm, 120, 1000, "boxkill")  # each engine busy ~4 s: the kill lands mid-run
     inp = write_urls(tmp_path / "in.parquet", urls)
     out = tmp_path / "out"
     flags = ("--processes", "2", "--samples-per-tar", "20", "--per-host-concurrency", "2", "--metrics-address", "")

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -59,7 +60,7 @@ def k8s_docs() -> list[dict[str, Any]]:
 
 def test_indexed_job_validates_against_kubernetes_schemas() -> None:
     docs = k8s_docs()
-    assert {d["kind"] for d in docs} == {"Job", "PersistentVolumeClaim"}
+    assert {d["kind"] for d in docs} == {"Job", "PersistentVolumeClaim", "Deployment", "Service"}
     for doc in docs:
         kubernetes_validate.validate(doc, "1.31.0", strict=True)  # raises ValidationError
     broken = next(d for d in docs if d["kind"] == "Job")
@@ -86,6 +87,17 @@ def test_indexed_job_shards_and_metrics_port_agree(monkeypatch: pytest.MonkeyPat
     assert container["ports"][0]["containerPort"] == port[1]
     assert {m["mountPath"] for m in container["volumeMounts"]} == {"/data"}
     assert cfg.run.output.startswith("/data/")
+    # The politeness store the pods share is the Service in front of the Redis Deployment.
+    store = urlsplit(cfg.scheduler.politeness_store)
+    service = next(d for d in k8s_docs() if d["kind"] == "Service")
+    redis = next(d for d in k8s_docs() if d["kind"] == "Deployment")
+    assert store.hostname == service["metadata"]["name"]
+    assert store.port == service["spec"]["ports"][0]["port"]
+    assert service["spec"]["selector"] == redis["spec"]["template"]["metadata"]["labels"]
+    assert (
+        redis["spec"]["template"]["spec"]["containers"][0]["ports"][0]["name"]
+        == service["spec"]["ports"][0]["targetPort"]
+    )
 
 
 def test_systemd_unit_runs_shard_i_with_its_own_metrics_port(tmp_path: Path) -> None:

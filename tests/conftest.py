@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from fetcher.farm import Farm, FarmThread
+from tests.sentinel import Sentinel
 
 FARM_ADDRESSES = tuple(f"127.0.0.{i}" for i in range(2, 10))
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +25,16 @@ def farm() -> Iterator[Farm]:
     """The multi-host image farm on 127.0.0.2-9, shared by the whole session."""
     with FarmThread(FARM_ADDRESSES) as f:
         yield f
+
+
+@pytest.fixture(scope="session")
+def sentinel(farm: Farm) -> Iterator[Sentinel]:
+    """Counting listeners on refused loopback addresses (127.0.0.1, 127.0.0.10, ::1) at the farm's port.
+
+    A refused address must have something listening behind it, or a leak would only fail to connect.
+    """
+    with Sentinel(["127.0.0.1", "127.0.0.10", "::1"], farm.port) as s:
+        yield s
 
 
 def write_urls(path: Path, urls: Sequence[Any], captions: Sequence[Any] | None = None, **cols: Sequence[Any]) -> Path:

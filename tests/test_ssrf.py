@@ -21,7 +21,7 @@ import random
 import socket
 import urllib.parse
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from tests.sentinel import Sentinel
 
 ALLOWED = "127.0.0.2"  # the farm's first address, the only one the runs here allow
 POLICY = NetPolicy(allowed=parse_networks([f"{ALLOWED}/32"]))
-LOOPBACK_REFUSED = ("127.0.0.1", "127.0.0.10")
+LOOPBACK_REFUSED = ("127.0.0.1", "127.0.0.10")  # the session's Sentinel listens on both
 REMOTE_REFUSED = ("169.254.169.254", "10.0.0.1", "192.168.0.1", "100.64.0.1", "0.0.0.0", "172.16.0.1")
 
 # Characters that IDNA/NFKC map onto each ASCII digit (full-width, mathematical, circled, sub/superscript).
@@ -223,13 +223,6 @@ async def connect_guard(seen: list[str]) -> None:
         await original(sock, address)
 
     loop.sock_connect = checked  # type: ignore[method-assign]
-
-
-@pytest.fixture(scope="module")
-def sentinel(farm: Farm) -> Iterator[Sentinel]:
-    """Listeners on the refused loopback addresses, on the farm's port."""
-    with Sentinel([*LOOPBACK_REFUSED, "::1"], farm.port) as s:
-        yield s
 
 
 async def _fetch_all(urls: list[str], seen: list[str]) -> list[Any]:

@@ -17,6 +17,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.http_exceptions import ContentEncodingError, TransferEncodingError
 
 from fetcher import __version__
+from fetcher.budget import ByteBudget
 from fetcher.netguard import NetPolicy, UrlRefused, parse_networks
 from fetcher.options import ConfigError, opt
 from fetcher.records import FetchOutcome, Reason, reason_for_http_status
@@ -125,8 +126,9 @@ def robots_denied(header: str | None) -> bool:
 class HttpClient:
     """One ClientSession for the whole run. ``fetch`` never raises; it returns a FetchOutcome."""
 
-    def __init__(self, opts: HttpOptions) -> None:
+    def __init__(self, opts: HttpOptions, budget: ByteBudget | None = None) -> None:
         self.opts = opts
+        self.budget = budget  # when given, every body byte is reserved in it before it is held
         self.policy = NetPolicy(allow_private=opts.allow_private_networks, allowed=parse_networks(opts.allow_network))
         self._session: aiohttp.ClientSession | None = None
 
@@ -157,8 +159,8 @@ class HttpClient:
         """Download ``url`` within the hard deadline; classify every failure into a Reason."""
         start = time.perf_counter()
         try:
-            async with asyncio.timeout(self.opts.timeout):
-                out = await self._fetch(url)
+            async with asyncio.timeout(self.opts.timeout) as deadline:
+                out = await self._fetch(url, deadline)
         except TimeoutError as exc:
             out = FetchOutcome(reason=Reason.TIMEOUT, detail=self._timeout_detail(exc))
         except UrlRefused as exc:
@@ -192,10 +194,10 @@ class HttpClient:
         if isinstance(exc, aiohttp.ConnectionTimeoutError):
             return f"connect timeout: no connection within {self.opts.connect_timeout:g}s"
         if isinstance(exc, aiohttp.SocketTimeoutError):
-            return f"read timeout: no byte from the server for {self.opts.read_timeout:g}s"
+            return f"read timeout: no byte for {self.opts.read_timeout:g}s"
         return f"total timeout: no complete answer within {self.opts.timeout:g}s"
 
-    async def _fetch(self, url: str) -> FetchOutcome:
+    async def _fetch(self, url: str, deadline: asyncio.Timeout) -> FetchOutcome:
         assert self._session is not None, "use HttpClient as an async context manager"
         seen: set[str] = set()
         current = url
@@ -212,10 +214,10 @@ class HttpClient:
                         )
                     current = nxt
                     continue
-                return await self._read(resp, str(target))
+                return await self._read(resp, str(target), deadline)
         return FetchOutcome(reason=Reason.TOO_MANY_REDIRECTS, detail=f"more than {self.opts.max_redirects} redirects")
 
-    async def _read(self, resp: aiohttp.ClientResponse, url: str) -> FetchOutcome:
+    async def _read(self, resp: aiohttp.ClientResponse, url: str, deadline: asyncio.Timeout) -> FetchOutcome:
         if not 200 <= resp.status < 300:
             return FetchOutcome(
                 reason=reason_for_http_status(resp.status),
@@ -241,16 +243,38 @@ class HttpClient:
                 http_status=resp.status,
                 detail=f"Content-Length {resp.content_length} > {cap}",
             )
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in resp.content.iter_chunked(256 * 1024):
-            size += len(chunk)
-            if size > cap:
-                return FetchOutcome(
-                    reason=Reason.BODY_TOO_LARGE, http_status=resp.status, detail=f"body passed {cap} bytes"
-                )
-            chunks.append(chunk)
-        return FetchOutcome(body=b"".join(chunks), http_status=resp.status, final_url=url)
+        reserved = 0  # bytes of self.budget this body holds; all given back unless the body is returned
+        body = b""
+        order = time.monotonic()  # older bodies get room first
+        try:
+            # Content-Length up front, then whatever (decoded) bytes go past it as they stream in.
+            reserved = await self._reserve(resp.content_length or 0, 0, order, deadline)
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in resp.content.iter_chunked(256 * 1024):
+                size += len(chunk)
+                if size > cap:
+                    return FetchOutcome(
+                        reason=Reason.BODY_TOO_LARGE, http_status=resp.status, detail=f"body passed {cap} bytes"
+                    )
+                if size > reserved:
+                    reserved += await self._reserve(size - reserved, reserved, order, deadline)
+                chunks.append(chunk)
+            body = b"".join(chunks)
+        finally:
+            if self.budget is not None:
+                self.budget.give(reserved - len(body))  # the caller gives the body's share back
+        return FetchOutcome(body=body, http_status=resp.status, final_url=url)
+
+    async def _reserve(self, n: int, held: int, order: float, deadline: asyncio.Timeout) -> int:
+        """Reserve ``n`` bytes in the budget (if any); time spent waiting for room is not the server's."""
+        if self.budget is None or n <= 0:
+            return max(n, 0)
+        waited = await self.budget.take(n, held, order)
+        when = deadline.when()
+        if waited and when is not None:
+            deadline.reschedule(when + waited)
+        return n
 
 
 def _short(exc: BaseException) -> str:

@@ -121,6 +121,13 @@ class NetPolicy:
         if any(ch in text for ch in "\x00\r\n\t "):  # yarl would silently drop some of them
             raise UrlRefused(Reason.INVALID_URL, "URL contains whitespace or control characters")
         self.check_host_literal(host)
+        try:  # the text form is what rows carry to the scheduler and back here: it must name the same place
+            again = yarl.URL(str(parsed))
+            same = (again.raw_host, again.port) == (host, parsed.port)
+        except ValueError:
+            same = False
+        if not same:  # e.g. yarl drops the brackets of an IPv6 literal it had to normalise
+            raise UrlRefused(Reason.INVALID_URL, f"URL does not survive normalisation: {str(parsed)[:200]}")
         return parsed
 
     def check_host_literal(self, host: str) -> None:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from fetcher.farm.images import catalogue_image
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PREFIX = "/hostile"
 _ZEROS = b"\0" * 2**20
 BOMB_DECODED_GIB = 4  # what each compression bomb would expand to if a client read it all
@@ -171,9 +172,21 @@ async def location(request: web.Request) -> web.StreamResponse:
     )
 
 
+def _quiet(handler: Handler) -> Handler:
+    """A client giving up on a hostile route is the expected end, not a server error to log."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ConnectionError:
+            raise asyncio.CancelledError from None
+
+    return wrapped
+
+
 def routes() -> list[web.RouteDef]:
     """Every hostile route, under /hostile."""
-    table: list[tuple[str, Any]] = [
+    table: list[tuple[str, Handler]] = [
         ("/trickle", trickle),
         ("/trickle-headers", trickle_headers),
         ("/endless-chunked", endless_chunked),
@@ -188,4 +201,4 @@ def routes() -> list[web.RouteDef]:
         ("/length/shorter", length_shorter),
         ("/location", location),
     ]
-    return [web.get(PREFIX + path, handler) for path, handler in table]
+    return [web.get(PREFIX + path, _quiet(handler)) for path, handler in table]

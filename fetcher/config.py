@@ -73,7 +73,7 @@ class RunOptions:
         "--processes", 0, "imaging worker processes (0 = one per core)", aliases=("--processes_count",)
     )
     max_bytes_in_flight: int = opt(
-        "--max-bytes-in-flight", 128 * 2**20, "downloaded bytes waiting for imaging before fetching pauses"
+        "--max-bytes-in-flight", 128 * 2**20, "body bytes held (read or waiting for imaging); reserved before read"
     )
 
     @property

@@ -9,16 +9,15 @@ body sizes and however many requests are in flight.
 from __future__ import annotations
 
 import asyncio
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
-@dataclass(order=True)
+@dataclass(eq=False)  # identity: two waiters are never the same one
 class _Waiter:
     order: float  # when the waiting body started: older bodies first, so one of them finishes
-    n: int = field(compare=False)
-    held: int = field(compare=False)
-    future: asyncio.Future[None] = field(compare=False)
+    n: int
+    held: int
+    future: asyncio.Future[None]
 
 
 class ByteBudget:
@@ -32,8 +31,8 @@ class ByteBudget:
         self._room = asyncio.Event()
         self._room.set()
 
-    async def take(self, n: int, held: int = 0, order: float | None = None) -> float:
-        """Reserve ``n`` more bytes for a body that already holds ``held``; return the seconds waited.
+    async def take(self, n: int, held: int = 0, order: float | None = None) -> None:
+        """Reserve ``n`` more bytes for a body that already holds ``held``.
 
         Waits while they do not fit under the cap. When every reserved byte belongs to a waiting reader,
         nothing would ever be given back (each waits for the others): the oldest body (smallest ``order``)
@@ -41,9 +40,9 @@ class ByteBudget:
         """
         if not self._waiters and self.used + n <= self.cap:
             self._add(n)
-            return 0.0
-        start = time.monotonic()
-        waiter = _Waiter(start if order is None else order, n, held, asyncio.get_running_loop().create_future())
+            return
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(loop.time() if order is None else order, n, held, loop.create_future())
         self._waiters.append(waiter)
         self._stuck += held
         self._grant()
@@ -54,10 +53,9 @@ class ByteBudget:
                 self._waiters.remove(waiter)
                 self._stuck -= held
                 self._grant()
-            elif waiter.future.done() and not waiter.future.cancelled():
+            elif not waiter.future.cancelled():
                 self.give(n)  # granted, but the reader is gone
             raise
-        return time.monotonic() - start
 
     def give(self, n: int) -> None:
         """Return ``n`` reserved bytes."""
@@ -77,7 +75,11 @@ class ByteBudget:
 
     def _grant(self) -> None:
         while self._waiters:
-            first = min(self._waiters)
+            first = min(self._waiters, key=lambda w: w.order)
+            if first.future.done():  # cancelled; its task takes it out of the list
+                self._waiters.remove(first)
+                self._stuck -= first.held
+                continue
             deadlocked = self._stuck >= self.used  # only waiting readers hold bytes: none will come back
             if self.used + first.n > self.cap and not deadlocked:
                 return

@@ -245,7 +245,7 @@ class HttpClient:
             )
         reserved = 0  # bytes of self.budget this body holds; all given back unless the body is returned
         body = b""
-        order = time.monotonic()  # older bodies get room first
+        order = asyncio.get_running_loop().time()  # older bodies get room first
         try:
             # Content-Length up front, then whatever (decoded) bytes go past it as they stream in.
             reserved = await self._reserve(resp.content_length or 0, 0, order, deadline)
@@ -267,13 +267,21 @@ class HttpClient:
         return FetchOutcome(body=body, http_status=resp.status, final_url=url)
 
     async def _reserve(self, n: int, held: int, order: float, deadline: asyncio.Timeout) -> int:
-        """Reserve ``n`` bytes in the budget (if any); time spent waiting for room is not the server's."""
+        """Reserve ``n`` bytes in the budget (if any).
+
+        The total deadline stands still while the body waits for room: that wait is ours, not the server's.
+        """
         if self.budget is None or n <= 0:
             return max(n, 0)
-        waited = await self.budget.take(n, held, order)
         when = deadline.when()
-        if waited and when is not None:
-            deadline.reschedule(when + waited)
+        deadline.reschedule(None)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        try:
+            await self.budget.take(n, held, order)
+        finally:
+            if when is not None:
+                deadline.reschedule(when + (loop.time() - start))
         return n
 
 

@@ -7,6 +7,10 @@ import asyncio
 import pytest
 
 from fetcher.budget import ByteBudget
+from fetcher.farm import Farm
+from fetcher.http import HttpClient, HttpOptions
+
+MiB = 2**20
 
 
 async def _settle() -> None:
@@ -18,7 +22,8 @@ def test_reservations_wait_for_room_in_age_order() -> None:
     async def main() -> list[str]:
         budget = ByteBudget(100)
         order: list[str] = []
-        assert await budget.take(60, order=1.0) == 0.0
+        await budget.take(60, order=1.0)
+        assert budget.used == 60
         holder = asyncio.create_task(budget.take(30, held=10, order=0.5))  # an active reader, growing: fits
         await _settle()
         assert holder.done() and budget.used == 90
@@ -74,7 +79,37 @@ def test_cancelled_waiter_leaves_exact_accounting() -> None:
             await waiter
         budget.give(100)
         assert budget.used == 0
-        assert await budget.take(100) == 0.0  # nothing stale holds room
+        await asyncio.wait_for(budget.take(100), 1)  # nothing stale holds room
         assert budget.used == 100
+
+    asyncio.run(main())
+
+
+def test_client_reserves_before_reading_and_waits_outside_its_deadline(farm: Farm) -> None:
+    """Through the real client: a body that cannot fit waits (unread) for room, and that wait is not
+    charged to the server's total deadline; every byte reserved comes back."""
+
+    async def main() -> None:
+        budget = ByteBudget(3 * MiB)
+        opts = HttpOptions(allow_network=["127.0.0.2/32"], timeout=2, read_timeout=1, max_body_bytes=16 * MiB)
+        async with HttpClient(opts, budget) as client:
+            first = await client.fetch(farm.url("/hostile/big/2?budget=first"))
+            assert first.ok and budget.used == 2 * MiB  # the returned body stays reserved for imaging
+            later = [
+                asyncio.create_task(client.fetch(farm.url(f"/hostile/big/{q}"))) for q in ("2?b=1", "4?chunked=1&b=2")
+            ]
+            await asyncio.sleep(3)  # longer than --timeout: the waiting bodies must not time out
+            assert not any(t.done() for t in later)
+            assert budget.used <= 3 * MiB
+            budget.give(2 * MiB)  # the first body is through imaging
+            second = await asyncio.wait_for(later[0], 10)
+            assert second.ok and len(second.body or b"") == 2 * MiB, second
+            assert not later[1].done()  # the chunked one stops once it cannot grow under the cap
+            budget.give(2 * MiB)
+            third = await asyncio.wait_for(later[1], 10)
+        assert third.ok and len(third.body or b"") == 4 * MiB, third
+        assert budget.used == 4 * MiB  # exactly the body handed out: nothing leaked, nothing lost
+        budget.give(4 * MiB)
+        assert budget.used == 0 and not budget._waiters
 
     asyncio.run(main())

@@ -131,8 +131,8 @@ def test_many_big_bodies_stay_within_bytes_in_flight(farm: Farm, tmp_path: Path)
     """24 bodies of 20 MiB at concurrency 24 with a 32 MiB cap: the parent's RSS follows the cap.
 
     Half the bodies announce their Content-Length (reserved up front), half are chunked (reserved as
-    they stream). Measured: +74 MiB (all with Content-Length), +121 MiB (all chunked), +101 MiB (half);
-    before reservations the parent held every body at once: +757 MiB.
+    they stream). Measured: +74 MiB (all with Content-Length), +121 MiB (all chunked), +101..111 MiB (half);
+    before reservations the parent held every body at once: +757..920 MiB.
     """
     n, mb, cap = 24, 20, 32 * MiB
     tag = uuid.uuid4().hex[:8]
@@ -147,8 +147,9 @@ def test_many_big_bodies_stay_within_bytes_in_flight(farm: Farm, tmp_path: Path)
     rows = results_table(tmp_path / "big").to_pylist()
     assert [r["error_message"] for r in rows] == ["not_an_image"] * n, rows  # every body arrived whole
     # Allowed over the 1 MiB-body run: the cap, one body of overdraft (ByteBudget.take), the copy made
-    # when a body's chunks are joined, the pickled copies queued for the worker (workers + 1), slack.
-    bound = cap + 4 * mb * MiB + 16 * MiB
+    # when a body's chunks are joined, the pickled copies queued for the worker (workers + 1), and 32 MiB
+    # for the allocator keeping freed chunks (measured +101..121 MiB over the idle run here).
+    bound = cap + 4 * mb * MiB + 32 * MiB
     assert peak - idle_peak < bound, (
         f"peak {peak / MiB:.0f} MiB vs {idle_peak / MiB:.0f} MiB idle (bound +{bound / MiB:.0f})"
     )

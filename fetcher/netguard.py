@@ -29,6 +29,9 @@ _EXTRA_BLOCKED = [
 ]
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 class UrlRefused(Exception):
     """The URL must not be fetched; carries the named reason."""
 
@@ -40,8 +43,14 @@ class UrlRefused(Exception):
 
 def address_problem(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
     """Why fetching from ``ip`` is refused, or None when it is a public unicast address."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return address_problem(ip.ipv4_mapped)
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return address_problem(ip.ipv4_mapped)
+        # 6to4 and NAT64 addresses carry an IPv4 address that a gateway may deliver to.
+        embedded = ip.sixtofour or (ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in _NAT64 else None)
+        inner = address_problem(embedded) if embedded is not None else None
+        if inner:
+            return f"{inner} (embeds {embedded})"
     if ip.is_loopback:
         return "loopback"
     if ip.is_link_local:

@@ -195,6 +195,8 @@ def test_fuzzed_spellings_of_the_allowed_address_pass(rng: random.Random) -> Non
         ("http://169.254.169.254./", "169.254.169.254"),
         ("http://user@\uff11\uff10\u3002\uff10\u3002\uff10\u3002\uff11:8080/", "10.0.0.1"),
         ("http://[fe80::1%25eth0]/", "fe80::1%"),
+        ("http://[64:ff9b::a9fe:a9fe]/", "64:ff9b::a9fe:a9fe is link-local (embeds 169.254.169.254)"),
+        ("http://[2002:a00:1::]/", "2002:a00:1:: is private (embeds 10.0.0.1)"),
         ("http://\uff11\uff12\uff17.\uff10.\uff10.\uff11:8081/x", "127.0.0.1"),
     ],
 )

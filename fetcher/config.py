@@ -105,7 +105,7 @@ class RunOptions:
         choices=IMAGING_POOLS,
     )
     max_bytes_in_flight: int = opt(
-        "--max-bytes-in-flight", 128 * 2**20, "downloaded bytes waiting for imaging before fetching pauses"
+        "--max-bytes-in-flight", 128 * 2**20, "body bytes held (read or waiting for imaging); reserved before read"
     )
 
     @property

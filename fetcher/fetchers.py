@@ -19,6 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol
 
+from fetcher.budget import ByteBudget
 from fetcher.http import HttpClient
 from fetcher.inputs import discover, is_url, open_binary
 from fetcher.netguard import UrlRefused
@@ -81,7 +82,8 @@ class LocalFetch:
 
     slot: str | None = LOCAL_SLOT
 
-    def __init__(self, roots: LocalRoots, max_bytes: int) -> None:
+    def __init__(self, roots: LocalRoots, max_bytes: int, budget: ByteBudget | None = None) -> None:
+        self.budget = budget  # a body read is held like a download: the pipeline gives it back after imaging
         self.folders = [os.path.abspath(r) for r in roots.folders]
         self.tars = list(roots.tars)
         self.max_bytes = max_bytes
@@ -119,6 +121,8 @@ class LocalFetch:
         except (OSError, tarfile.TarError) as exc:
             out = FetchOutcome(reason=Reason.TRUNCATED_BODY, detail=f"{url}: {exc}"[:300])
         out.fetch_ms = (time.perf_counter() - start) * 1000
+        if self.budget is not None and out.body is not None:
+            await self.budget.take(len(out.body))  # at most --max-body-bytes over: the file is already read
         return out
 
     def _fetch(self, url: str) -> FetchOutcome:

@@ -15,14 +15,18 @@ from urllib.parse import urljoin
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.http_exceptions import ContentEncodingError, TransferEncodingError
 
 from fetcher import __version__
+from fetcher.budget import ByteBudget
 from fetcher.netguard import NetPolicy, UrlRefused, parse_networks
 from fetcher.options import ConfigError, opt
 from fetcher.records import FetchOutcome, Reason, reason_for_http_status
 
 DEFAULT_USER_AGENT = f"fetcher/{__version__} (image dataset downloader; honours X-Robots-Tag noai)"
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+# Content-Encodings aiohttp decodes (br/zstd only with their libraries, else it raises a protocol error).
+DECODED_ENCODINGS = frozenset({"", "identity", "gzip", "deflate", "br", "zstd"})
 _ROBOTS_DENY = frozenset({"noai", "noimageai", "noindex", "noimageindex"})
 
 
@@ -135,8 +139,9 @@ def robots_denied(header: str | None, deny: frozenset[str] = _ROBOTS_DENY) -> bo
 class HttpClient:
     """One ClientSession for the whole run. ``fetch`` never raises; it returns a FetchOutcome."""
 
-    def __init__(self, opts: HttpOptions) -> None:
+    def __init__(self, opts: HttpOptions, budget: ByteBudget | None = None) -> None:
         self.opts = opts
+        self.budget = budget  # when given, every body byte is reserved in it before it is held
         self.policy = NetPolicy(allow_private=opts.allow_private_networks, allowed=parse_networks(opts.allow_network))
         self._session: aiohttp.ClientSession | None = None
 
@@ -167,10 +172,10 @@ class HttpClient:
         """Download ``url`` within the hard deadline; classify every failure into a Reason."""
         start = time.perf_counter()
         try:
-            async with asyncio.timeout(self.opts.timeout):
-                out = await self._fetch(url)
-        except TimeoutError:
-            out = FetchOutcome(reason=Reason.TIMEOUT, detail=f"no complete answer within {self.opts.timeout:g}s")
+            async with asyncio.timeout(self.opts.timeout) as deadline:
+                out = await self._fetch(url, deadline)
+        except TimeoutError as exc:
+            out = FetchOutcome(reason=Reason.TIMEOUT, detail=self._timeout_detail(exc))
         except UrlRefused as exc:
             out = FetchOutcome(reason=exc.reason, detail=exc.detail)
         except aiohttp.ClientConnectorDNSError as exc:
@@ -180,38 +185,52 @@ class HttpClient:
         except aiohttp.ClientConnectorError as exc:
             out = FetchOutcome(reason=Reason.CONNECT_ERROR, detail=_short(exc))
         except aiohttp.ClientPayloadError as exc:
-            out = FetchOutcome(reason=Reason.TRUNCATED_BODY, detail=_short(exc))
+            # A body cut short may come whole on a retry; one that cannot be decoded will not.
+            garbled = isinstance(exc.__cause__, (ContentEncodingError, TransferEncodingError))
+            reason = Reason.HTTP_PROTOCOL_ERROR if garbled else Reason.TRUNCATED_BODY
+            out = FetchOutcome(reason=reason, detail=_one_line(exc))
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionError) as exc:
             out = FetchOutcome(reason=Reason.CONNECTION_RESET, detail=_short(exc))
         except (aiohttp.InvalidURL, ValueError) as exc:
             out = FetchOutcome(reason=Reason.INVALID_URL, detail=_short(exc))
         except aiohttp.ClientResponseError as exc:
-            out = FetchOutcome(reason=reason_for_http_status(exc.status), http_status=exc.status, detail=_short(exc))
+            # Never an HTTP status (we call no raise_for_status): aiohttp's parser refused the answer and
+            # put its own 400 on it, a status the server never sent.
+            out = FetchOutcome(reason=Reason.HTTP_PROTOCOL_ERROR, detail=_one_line(exc.message or exc))
         except aiohttp.ClientError as exc:
             out = FetchOutcome(reason=Reason.CONNECT_ERROR, detail=_short(exc))
         out.fetch_ms = (time.perf_counter() - start) * 1000
         return out
 
-    async def _fetch(self, url: str) -> FetchOutcome:
+    def _timeout_detail(self, exc: TimeoutError) -> str:
+        """Which of the three deadlines fired, in words."""
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return f"connect timeout: no connection within {self.opts.connect_timeout:g}s"
+        if isinstance(exc, aiohttp.SocketTimeoutError):
+            return f"read timeout: no byte for {self.opts.read_timeout:g}s"
+        return f"total timeout: no complete answer within {self.opts.timeout:g}s"
+
+    async def _fetch(self, url: str, deadline: asyncio.Timeout) -> FetchOutcome:
         assert self._session is not None, "use HttpClient as an async context manager"
         seen: set[str] = set()
         current = url
         for _hop in range(self.opts.max_redirects + 1):
-            self.policy.check_url(current)
-            seen.add(current)
-            async with self._session.get(current, allow_redirects=False) as resp:
+            # The normalised URL object goes to aiohttp as is: the host checked is the host connected to.
+            target = self.policy.target(current)
+            seen.add(str(target))
+            async with self._session.get(target, allow_redirects=False) as resp:
                 if resp.status in REDIRECT_CODES and "Location" in resp.headers:
-                    nxt = urljoin(current, resp.headers["Location"])
-                    if nxt in seen:
+                    nxt = urljoin(str(target), resp.headers["Location"])
+                    if str(self.policy.target(nxt)) in seen:
                         return FetchOutcome(
                             reason=Reason.REDIRECT_LOOP, http_status=resp.status, detail=f"redirect loop at {nxt}"
                         )
                     current = nxt
                     continue
-                return await self._read(resp, current)
+                return await self._read(resp, str(target), deadline)
         return FetchOutcome(reason=Reason.TOO_MANY_REDIRECTS, detail=f"more than {self.opts.max_redirects} redirects")
 
-    async def _read(self, resp: aiohttp.ClientResponse, url: str) -> FetchOutcome:
+    async def _read(self, resp: aiohttp.ClientResponse, url: str, deadline: asyncio.Timeout) -> FetchOutcome:
         if not 200 <= resp.status < 300:
             return FetchOutcome(
                 reason=reason_for_http_status(resp.status),
@@ -225,6 +244,11 @@ class HttpClient:
                 http_status=resp.status,
                 detail=f"X-Robots-Tag: {resp.headers.get('X-Robots-Tag')}",
             )
+        encoding = resp.headers.get("Content-Encoding", "").strip().lower()
+        if encoding not in DECODED_ENCODINGS:  # aiohttp would pass these bytes on still encoded
+            return FetchOutcome(
+                reason=Reason.HTTP_PROTOCOL_ERROR, detail=f"unsupported Content-Encoding: {encoding[:100]}"
+            )
         cap = self.opts.max_body_bytes
         if resp.content_length is not None and resp.content_length > cap:
             return FetchOutcome(
@@ -232,18 +256,53 @@ class HttpClient:
                 http_status=resp.status,
                 detail=f"Content-Length {resp.content_length} > {cap}",
             )
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in resp.content.iter_chunked(256 * 1024):
-            size += len(chunk)
-            if size > cap:
-                return FetchOutcome(
-                    reason=Reason.BODY_TOO_LARGE, http_status=resp.status, detail=f"body passed {cap} bytes"
-                )
-            chunks.append(chunk)
-        return FetchOutcome(body=b"".join(chunks), http_status=resp.status, final_url=url)
+        reserved = 0  # bytes of self.budget this body holds; all given back unless the body is returned
+        body = b""
+        order = asyncio.get_running_loop().time()  # older bodies get room first
+        try:
+            # Content-Length up front, then whatever (decoded) bytes go past it as they stream in.
+            reserved = await self._reserve(resp.content_length or 0, 0, order, deadline)
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in resp.content.iter_chunked(256 * 1024):
+                size += len(chunk)
+                if size > cap:
+                    return FetchOutcome(
+                        reason=Reason.BODY_TOO_LARGE, http_status=resp.status, detail=f"body passed {cap} bytes"
+                    )
+                if size > reserved:
+                    reserved += await self._reserve(size - reserved, reserved, order, deadline)
+                chunks.append(chunk)
+            body = b"".join(chunks)
+        finally:
+            if self.budget is not None:
+                self.budget.give(reserved - len(body))  # the caller gives the body's share back
+        return FetchOutcome(body=body, http_status=resp.status, final_url=url)
+
+    async def _reserve(self, n: int, held: int, order: float, deadline: asyncio.Timeout) -> int:
+        """Reserve ``n`` bytes in the budget (if any).
+
+        The total deadline stands still while the body waits for room: that wait is ours, not the server's.
+        """
+        if self.budget is None or n <= 0:
+            return max(n, 0)
+        when = deadline.when()
+        deadline.reschedule(None)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        try:
+            await self.budget.take(n, held, order)
+        finally:
+            if when is not None:
+                deadline.reschedule(when + (loop.time() - start))
+        return n
 
 
 def _short(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0][:300]
+
+
+def _one_line(exc: object) -> str:
+    """aiohttp's parser messages span lines (with a caret under the culprit): keep them on one."""
+    return " ".join(str(exc).split())[:300] or type(exc).__name__

@@ -7,8 +7,11 @@ scanner of that network or of a cloud metadata service.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote
+
+import yarl
 
 from fetcher.records import Reason
 
@@ -26,6 +29,9 @@ _EXTRA_BLOCKED = [
 ]
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 class UrlRefused(Exception):
     """The URL must not be fetched; carries the named reason."""
 
@@ -37,8 +43,14 @@ class UrlRefused(Exception):
 
 def address_problem(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
     """Why fetching from ``ip`` is refused, or None when it is a public unicast address."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return address_problem(ip.ipv4_mapped)
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return address_problem(ip.ipv4_mapped)
+        # 6to4 and NAT64 addresses carry an IPv4 address that a gateway may deliver to.
+        embedded = ip.sixtofour or (ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in _NAT64 else None)
+        inner = address_problem(embedded) if embedded is not None else None
+        if inner:
+            return f"{inner} (embeds {embedded})"
     if ip.is_loopback:
         return "loopback"
     if ip.is_link_local:
@@ -85,42 +97,65 @@ class NetPolicy:
     allowed: tuple[Network, ...] = ()
 
     def check_url(self, url: object) -> str:
-        """Return the URL as text when it may be fetched; raise UrlRefused otherwise.
+        """Return the URL, normalised as the HTTP client will use it, when it may be fetched.
 
-        Only the literal form is checked here; hostnames are checked on resolution (see http.py).
+        Raises UrlRefused otherwise. See ``target``.
+        """
+        return str(self.target(url))
+
+    def target(self, url: object) -> yarl.URL:
+        """The URL exactly as the HTTP client will connect to it, when it may be fetched.
+
+        The host is checked *after* yarl's normalisation (IDNA/UTS-46: full-width and other Unicode
+        digits, ideographic dots), because that normalised host is what aiohttp connects to: a
+        literal in full-width digits (U+FF11 U+FF12 U+FF17 ...) becomes ``127.0.0.1`` and never reaches the resolver.
+        Callers must pass the returned URL object (not the original text) to the client.
+        Hostnames are checked again on resolution (see http.py).
         """
         if url is None or (isinstance(url, str) and not url.strip()):
             raise UrlRefused(Reason.MISSING_URL, "no URL in this row")
-        if not isinstance(url, str):
+        if not isinstance(url, (str, yarl.URL)):
             raise UrlRefused(Reason.INVALID_URL, f"URL is a {type(url).__name__}, not text")
-        text = url.strip()
+        text = url.strip() if isinstance(url, str) else str(url)
         try:
-            parts = urlsplit(text)
-            host = parts.hostname
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError as exc:
+            parsed = url if isinstance(url, yarl.URL) else yarl.URL(text)
+            host = parsed.raw_host
+            parsed.port  # noqa: B018 - raises ValueError on a bad port
+        except (ValueError, UnicodeError) as exc:
             raise UrlRefused(Reason.INVALID_URL, f"unparsable URL: {exc}") from None
-        if parts.scheme.lower() not in ALLOWED_SCHEMES:
-            raise UrlRefused(Reason.UNSUPPORTED_SCHEME, f"scheme {parts.scheme or '(none)'!r} is not http/https")
+        if parsed.scheme not in ALLOWED_SCHEMES:
+            raise UrlRefused(Reason.UNSUPPORTED_SCHEME, f"scheme {parsed.scheme or '(none)'!r} is not http/https")
         if not host:
             raise UrlRefused(Reason.INVALID_URL, "URL has no host")
-        if any(ch in text for ch in "\x00\r\n\t "):
+        if any(ch in text for ch in "\x00\r\n\t "):  # yarl would silently drop some of them
             raise UrlRefused(Reason.INVALID_URL, "URL contains whitespace or control characters")
         self.check_host_literal(host)
-        return text
+        try:  # the text form is what rows carry to the scheduler and back here: it must name the same place
+            again = yarl.URL(str(parsed))
+            same = (again.raw_host, again.port) == (host, parsed.port)
+        except ValueError:
+            same = False
+        if not same:  # e.g. yarl drops the brackets of an IPv6 literal it had to normalise
+            raise UrlRefused(Reason.INVALID_URL, f"URL does not survive normalisation: {str(parsed)[:200]}")
+        return parsed
 
     def check_host_literal(self, host: str) -> None:
-        """Refuse a host given as an IP literal in a blocked range."""
-        try:
-            ip = ipaddress.ip_address(host.strip("[]"))
-        except ValueError:
-            # A shortcut for the obvious name; with an allowlist the resolver's answer decides.
+        """Refuse a host that is, or that a resolver would read as, an address in a blocked range.
+
+        Besides IP literals (with or without brackets and IPv6 zone ids) this covers the legacy numeric
+        IPv4 spellings that ``inet_aton``/``getaddrinfo`` accept (``2130706433``, ``0x7f.1``,
+        ``0177.0.0.1``, ``127.1``), with or without a trailing dot.
+        """
+        ip = _as_address(host)
+        if ip is None:
+            # A shortcut for the obvious names; with an allowlist the resolver's answer decides.
+            name = host.lower().rstrip(".")
             if (
                 not self.allow_private
                 and not self.allowed
-                and host.lower().rstrip(".") in ("localhost", "localhost.localdomain")
+                and (name in ("localhost", "localhost.localdomain") or name.endswith(".localhost"))
             ):
-                raise UrlRefused(Reason.BLOCKED_ADDRESS, f"host {host} is loopback") from None
+                raise UrlRefused(Reason.BLOCKED_ADDRESS, f"host {host} is loopback")
             return
         self.check_address(ip, host)
 
@@ -135,3 +170,19 @@ class NetPolicy:
         problem = address_problem(ip)
         if problem:
             raise UrlRefused(Reason.BLOCKED_ADDRESS, f"{host} -> {ip} is {problem}")
+
+
+def _as_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a host names without any DNS lookup, or None for a real hostname."""
+    bare = unquote(host.strip("[]"))  # yarl keeps an IPv6 zone id percent-encoded ("fe80::1%25eth0")
+    try:
+        return ipaddress.ip_address(bare)
+    except ValueError:
+        pass
+    numeric = bare.rstrip(".")
+    if numeric and all(ch in "0123456789abcdefxABCDEFX." for ch in numeric):
+        try:  # the legacy forms inet_aton (and so getaddrinfo) reads as an address
+            return ipaddress.IPv4Address(socket.inet_aton(numeric))
+        except OSError:
+            return None
+    return None

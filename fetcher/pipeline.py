@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from fetcher.boxslots import BoxSlots
+from fetcher.budget import ByteBudget
 from fetcher.config import Config
 from fetcher.diskguard import DiskFull, DiskGuard, is_disk_full
 from fetcher.fetchers import Fetch, HttpFetch, LocalFetch, LocalRoots, local_roots
@@ -80,29 +81,6 @@ def prepare(cfg: Config) -> RunPlan:
     return RunPlan(cfg=cfg, files=files, tars=tars, todo=todo, output=output, retries=retries, local_roots=roots)
 
 
-class ByteBudget:
-    """Bytes downloaded but not yet through imaging; fetching pauses while it is over the cap."""
-
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.used = 0
-        self._room = asyncio.Event()
-        self._room.set()
-
-    def take(self, n: int) -> None:
-        self.used += n
-        if self.used >= self.cap:
-            self._room.clear()
-
-    def give(self, n: int) -> None:
-        self.used -= n
-        if self.used < self.cap:
-            self._room.set()
-
-    async def wait_room(self) -> None:
-        await self._room.wait()
-
-
 class Pipeline:
     """Runs one RunPlan to completion."""
 
@@ -138,7 +116,7 @@ class Pipeline:
         """Fetch, process and write every row of the planned tars (until stopped by a signal)."""
         self.plan.output.cleanup([t.index for t in self.plan.todo])
         async with (
-            HttpClient(self.cfg.http) as http,
+            HttpClient(self.cfg.http, self.budget) as http,
             ImagingPool(
                 self.cfg.run.worker_count,
                 self.cfg.imaging,
@@ -148,7 +126,9 @@ class Pipeline:
             self.monitor.watching(self.scheduler, self.budget, self.pool),
         ):
             roots = self.plan.local_roots
-            self.fetch: Fetch = HttpFetch(http) if roots is None else LocalFetch(roots, self.cfg.http.max_body_bytes)
+            self.fetch: Fetch = (
+                HttpFetch(http) if roots is None else LocalFetch(roots, self.cfg.http.max_body_bytes, self.budget)
+            )
             self._producer = asyncio.create_task(self._produce())
             self._dispatcher = asyncio.create_task(self._dispatch())
             guards = self._guards = [asyncio.create_task(self._watchdog()), asyncio.create_task(self._disk_monitor())]
@@ -322,17 +302,16 @@ class Pipeline:
         except asyncio.CancelledError:
             self.scheduler.complete(job, FetchOutcome(reason=Reason.SHUTDOWN))
             raise
-        self.monitor.fetched(outcome)
-        if not self.scheduler.complete(job, outcome):
-            if self._row_tasks.get(job.row.key) is asyncio.current_task():
-                del self._row_tasks[job.row.key]
-            return  # re-queued for a retry
-        if not outcome.ok or outcome.body is None:
-            self._finish(self._fetch_failure(job, outcome))
-            return
-        size = len(outcome.body)
-        self.budget.take(size)
-        try:
+        size = len(outcome.body) if outcome.body is not None else 0
+        try:  # the fetch reserved the body's bytes in self.budget: they go back once imaging is done
+            self.monitor.fetched(outcome)
+            if not self.scheduler.complete(job, outcome):
+                if self._row_tasks.get(job.row.key) is asyncio.current_task():
+                    del self._row_tasks[job.row.key]
+                return  # re-queued for a retry
+            if not outcome.ok or outcome.body is None:
+                self._finish(self._fetch_failure(job, outcome))
+                return
             image = await self.pool.run(outcome.body, job.row.expected_hash)
             self.monitor.imaged(image)
         finally:

@@ -39,6 +39,7 @@ class Reason(StrEnum):
     REDIRECT_LOOP = "redirect_loop"
     BODY_TOO_LARGE = "body_too_large"
     TRUNCATED_BODY = "truncated_body"
+    HTTP_PROTOCOL_ERROR = "http_protocol_error"  # not HTTP: bad status line, bad lengths, header floods
     HOST_UNAVAILABLE = "host_unavailable"
     # HTTP status
     HTTP_403 = "http_403"

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from fetcher.farm import Farm, FarmThread
+from tests.sentinel import Sentinel
 from tests.skipguard import (  # noqa: F401 (pytest finds these hooks by name here)
     pytest_configure,
     pytest_runtest_logreport,
@@ -30,6 +31,16 @@ def farm() -> Iterator[Farm]:
     """The multi-host image farm on 127.0.0.2-9, shared by the whole session."""
     with FarmThread(FARM_ADDRESSES) as f:
         yield f
+
+
+@pytest.fixture(scope="session")
+def sentinel(farm: Farm) -> Iterator[Sentinel]:
+    """Counting listeners on refused loopback addresses (127.0.0.1, 127.0.0.10, ::1) at the farm's port.
+
+    A refused address must have something listening behind it, or a leak would only fail to connect.
+    """
+    with Sentinel(["127.0.0.1", "127.0.0.10", "::1"], farm.port) as s:
+        yield s
 
 
 def write_urls(path: Path, urls: Sequence[Any], captions: Sequence[Any] | None = None, **cols: Sequence[Any]) -> Path:

@@ -29,6 +29,7 @@ D, R, F = "failed_to_download", "failed_to_resize", "filtered"
 # reason: (status column, metric label, retried within a run, re-fetched by --retry-failed, host-down signal)
 TABLE: dict[str, tuple[str, str, bool, bool, bool]] = {
     "missing_url": (D, "missing_url", False, False, False),
+    "missing_file": (D, "missing_file", False, False, False),
     "invalid_url": (D, "invalid_url", False, False, False),
     "unsupported_scheme": (D, "unsupported_scheme", False, False, False),
     "filtered": (F, "filtered", False, False, False),
@@ -53,6 +54,7 @@ TABLE: dict[str, tuple[str, str, bool, bool, bool]] = {
     "http_4xx": (D, "http_4xx", False, False, False),
     "http_5xx": (D, "http_5xx", True, True, False),
     "http_other": (D, "http_other", False, False, False),
+    "http_protocol_error": (D, "http_protocol_error", False, False, False),
     "not_an_image": (R, "not_an_image", False, False, False),
     "unsupported_format": (R, "unsupported_format", False, False, False),
     "decode_error": (R, "decode_error", False, False, False),

@@ -2,7 +2,10 @@
 
 Only the farm's first address (127.0.0.2) is allowed (``--allow-network 127.0.0.2/32``); redirects
 go to other loopback addresses or to ``localhost``, so the hop and DNS-answer checks are proven with
-traffic that cannot leave loopback even if the code under test were wrong.
+traffic that cannot leave loopback even if the code under test were wrong. Every refused address
+used here has a server listening behind it (the farm on 127.0.0.3, the Sentinel on 127.0.0.1,
+127.0.0.10 and ::1), which must see nothing: a leak is observed, not inferred from a reason string.
+Non-loopback targets (10.0.0.1, 169.254.169.254) are covered in test_ssrf.py behind a connect guard.
 """
 
 from __future__ import annotations
@@ -18,13 +21,16 @@ from fetcher.farm import Farm
 from fetcher.netguard import NetPolicy, UrlRefused, parse_networks
 from fetcher.records import Reason
 from tests.conftest import results_table, run_fetcher, write_urls
+from tests.sentinel import Sentinel
 
 MAX_BODY = 2**20
 DEADLINE = 3.0
 
 
 @pytest.fixture(scope="module")
-def fault_run(farm: Farm, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, dict[str, object]], str, float]:
+def fault_run(
+    farm: Farm, sentinel: Sentinel, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[dict[str, dict[str, object]], str, float]:
     tag = uuid.uuid4().hex[:8]
     other = f"http://127.0.0.3:{farm.port}/img/small.jpg?probe={tag}-other"
     named = f"http://localhost:{farm.port}/img/small.jpg?probe={tag}-named"
@@ -44,13 +50,14 @@ def fault_run(farm: Farm, tmp_path_factory: pytest.TempPathFactory) -> tuple[dic
         "not_image": "/notimage",
     }
     urls = [farm.url(path + ("&" if "?" in path else "?") + f"case={name}-{tag}") for name, path in cases.items()]
-    urls += [other, f"http://10.0.0.1:{farm.port}/x.jpg?probe={tag}", f"http://169.254.169.254/latest?probe={tag}"]
+    urls += [other, f"http://127.0.0.1:{farm.port}/x.jpg?probe={tag}", f"http://127.0.0.10:{farm.port}/x?probe={tag}"]
     # The farm builds its gzip bomb (256 MiB of zeros) on first use, which takes seconds: not our deadline.
     no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only, never a proxy
     with no_proxy.open(farm.url("/gzip-bomb?warm=1"), timeout=60) as resp:
         resp.read()
     tmp = tmp_path_factory.mktemp("faults")
     inp = write_urls(tmp / "urls.parquet", urls)
+    mark = sentinel.count()
     start = time.monotonic()
     proc = run_fetcher("--input", str(inp), "--output", str(tmp / "out"), "--allow-network", "127.0.0.2/32",
                        "--retries", "0", "--timeout", str(DEADLINE), "--read-timeout", "10",
@@ -61,8 +68,9 @@ def fault_run(farm: Farm, tmp_path_factory: pytest.TempPathFactory) -> tuple[dic
     for name in cases:
         by_case[name] = next(r for u, r in rows.items() if f"case={name}-{tag}" in u)
     by_case["literal_other_loopback"] = rows[other]
-    by_case["literal_private"] = next(r for u, r in rows.items() if u.startswith("http://10."))
-    by_case["literal_metadata"] = next(r for u, r in rows.items() if u.startswith("http://169.254."))
+    by_case["literal_loopback"] = next(r for u, r in rows.items() if u.startswith("http://127.0.0.1:"))
+    by_case["literal_loopback_10"] = next(r for u, r in rows.items() if u.startswith("http://127.0.0.10:"))
+    assert not sentinel.since(mark), f"a refused address was contacted: {sentinel.request_lines[-5:]}"
     arrivals = [a for a in farm.state.arrivals if tag in a.path]
     leaked = [a for a in arrivals if "probe=" in a.path and not a.path.startswith("/redirect-to")]
     assert not leaked, f"a refused address was contacted: {leaked}"
@@ -87,8 +95,8 @@ def fault_run(farm: Farm, tmp_path_factory: pytest.TempPathFactory) -> tuple[dic
         ("gzip_bomb", "body_too_large", f"body passed {MAX_BODY} bytes"),
         ("not_image", "not_an_image", None),
         ("literal_other_loopback", "blocked_address", "127.0.0.3 is loopback"),
-        ("literal_private", "blocked_address", "10.0.0.1 is private"),
-        ("literal_metadata", "blocked_address", "169.254.169.254 is link-local"),
+        ("literal_loopback", "blocked_address", "127.0.0.1 is loopback"),
+        ("literal_loopback_10", "blocked_address", "127.0.0.10 is loopback"),
     ],
 )
 def test_fault_host_gives_named_reason(

@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 from PIL import Image
 
+from fetcher.farm import hostile
 from fetcher.farm.images import CATALOGUE, CONTENT_TYPES, catalogue_image, make_image
 
 
@@ -253,6 +254,7 @@ def make_app(state: FarmState | None = None, extra_routes: Iterable[web.RouteDef
             web.get(r"/flaky/{n:\d+}/{name}", flaky),
             web.get("/cut/{name}", cut),
             web.get(r"/pixel-bomb/{w:\d+}x{h:\d+}.png", pixel_bomb),
+            *hostile.routes(),
             *extra_routes,
         ]
     )

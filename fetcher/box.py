@@ -88,6 +88,7 @@ class Box:
         self.monitor = BoxMonitor(cfg.monitor, self.stats, cfg.run.shard_pair, plan.output.local_root, engines)
         self.engines: list[_Engine] = []
         self.signalled: signal.Signals | None = None
+        self.table: BoxSlots | None = None
         self.coordinator_cpu = 0.0  # CPU seconds of this process from the engines' start to their end
 
     def run(self) -> int:
@@ -104,8 +105,9 @@ class Box:
                 proc.start()
                 writer.close()
                 self.engines.append(_Engine(j, proc, reader))
+            self.table = table
             try:
-                uvloop.run(self._supervise(table))
+                uvloop.run(self._supervise())
             finally:
                 for e in self.engines:
                     if e.process.is_alive():
@@ -114,7 +116,7 @@ class Box:
         self.coordinator_cpu = time.process_time() - cpu
         return self._finish()
 
-    async def _supervise(self, table: BoxSlots) -> None:
+    async def _supervise(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
@@ -127,8 +129,6 @@ class Box:
             await asyncio.gather(*done)
             for e in self.engines:
                 await loop.run_in_executor(None, e.process.join)
-                if e.outcome is None:  # died without a last word (OOM killer, segfault): free its leases
-                    table.release_process(e.index)
             self.stats.finished = time.monotonic()
 
     def _on_message(self, e: _Engine, fut: asyncio.Future[None]) -> None:
@@ -136,6 +136,10 @@ class Box:
             kind, payload = e.conn.recv()
         except (EOFError, OSError):
             asyncio.get_running_loop().remove_reader(e.conn.fileno())
+            if e.outcome is None:  # died without a last word (OOM killer, segfault): its leases go back now,
+                # or the other engines would wait forever on hosts it held
+                freed = self.table.release_process(e.index) if self.table is not None else 0
+                log.warning("engine process %d died; %d host leases it held handed back", e.index, freed)
             self.monitor.engine_finished(e.index, self.monitor.texts.get(e.index, ""))
             if not fut.done():
                 fut.set_result(None)

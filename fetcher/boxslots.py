@@ -37,6 +37,14 @@ class BoxHandle:
 
 
 @dataclass(frozen=True)
+class Learned:
+    """What the sharers know of a host that each one's answers move: its breaker count and adaptive delay."""
+
+    failures: int
+    delay: float
+
+
+@dataclass(frozen=True)
 class Busy:
     """The box refused to start a request now: look again at ``at``; ``dead`` when the host is given up."""
 
@@ -53,8 +61,8 @@ class SharedSlots(Protocol):
     def finish(self, key: str, pause_until: float, delay: float, dead_until: float, failures: int) -> None:
         """Hand a lease back with what its answer taught about the host."""
 
-    def failures(self, key: str) -> int | None:
-        """Consecutive host-down outcomes of ``key`` among the sharers (None: not known, keep your own)."""
+    def learned(self, key: str) -> Learned | None:
+        """The host's consecutive host-down outcomes and adaptive delay among the sharers (None: unknown)."""
 
 
 class BoxSlots:
@@ -123,9 +131,10 @@ class BoxSlots:
             d[o + _LAST] = now
         return None
 
-    def failures(self, key: str) -> int:
-        """Consecutive host-down outcomes of ``key`` across the box (the breaker counts these)."""
-        return int(self._d[self.entry(key) * _DOUBLES + _FAILS])
+    def learned(self, key: str) -> Learned:
+        """Consecutive host-down outcomes (the breaker counts these) and adaptive delay of ``key``, box-wide."""
+        o = self.entry(key) * _DOUBLES
+        return Learned(int(self._d[o + _FAILS]), self._d[o + _DELAY])
 
     def finish(self, key: str, pause_until: float, delay: float, dead_until: float, failures: int) -> None:
         """Hand the lease back and share what the answer taught this process about the host."""

@@ -21,7 +21,7 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 
-from fetcher.boxslots import Busy, SharedSlots
+from fetcher.boxslots import Busy, Learned, SharedSlots
 from fetcher.hostlimits import SlotLimits
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ POLL = 0.02  # seconds before looking again at a host whose fleet-wide concurren
 STATE_TTL = 3600  # seconds an idle host's state is kept in Redis
 
 # KEYS: state hash, leases zset. ARGV: concurrency, rate, burst, lease id, lease ttl, poll, state ttl.
-# Returns {code, wait seconds (string), consecutive failures}: code 0 started, 1 busy, 2 host given up.
+# Returns {code, wait seconds, consecutive failures, adaptive delay}: code 0 started, 1 busy, 2 given up.
 _TRY_START = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
@@ -42,17 +42,17 @@ local s = redis.call('HMGET', KEYS[1], 'tat', 'pause', 'last', 'delay', 'dead', 
 local tat, pause = tonumber(s[1]) or 0, tonumber(s[2]) or 0
 local last, delay = tonumber(s[3]) or 0, tonumber(s[4]) or 0
 local dead, fails = tonumber(s[5]) or 0, tonumber(s[6]) or 0
-if dead > now then return {2, tostring(dead - now), fails} end
+if dead > now then return {2, tostring(dead - now), fails, tostring(delay)} end
 local at = math.max(pause, last + delay)
 if rate > 0 then at = math.max(at, tat - (burst - 1) / rate) end
-if at > now then return {1, tostring(at - now), fails} end
-if redis.call('ZCARD', KEYS[2]) >= conc then return {1, ARGV[6], fails} end
+if at > now then return {1, tostring(at - now), fails, tostring(delay)} end
+if redis.call('ZCARD', KEYS[2]) >= conc then return {1, ARGV[6], fails, tostring(delay)} end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[5]), ARGV[4])
 if rate > 0 then tat = math.max(tat, now) + 1 / rate end
 redis.call('HSET', KEYS[1], 'tat', tostring(tat), 'last', tostring(now))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[7]))
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[7]))
-return {0, '0', fails}
+return {0, '0', fails, tostring(delay)}
 """
 
 # KEYS: state hash, leases zset. ARGV: lease id, pause in (s), delay, dead in (s), failures.
@@ -100,7 +100,7 @@ class RedisSlots:
         self._me = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         # Leases this process holds per host, and the hosts whose lease came from the local fallback.
         self._leases: dict[str, list[str]] = defaultdict(list)
-        self._fails: dict[str, int] = {}
+        self._learned: dict[str, Learned] = {}  # as of this process's last exchange with Redis
 
     def _keys(self, key: str) -> list[str]:
         # {key} is a cluster hash tag: a host's two keys live on one node.
@@ -134,12 +134,12 @@ class RedisSlots:
                 limits.concurrency, limits.rate, limits.burst, lease, self.lease_ttl, POLL, STATE_TTL,
             ]  # fmt: skip
             try:
-                code, wait, fails = self._try(keys=self._keys(key), args=args)
+                code, wait, fails, delay = self._try(keys=self._keys(key), args=args)
             except self._errors as exc:
                 self._down(exc)
             else:
                 self._up()
-                self._fails[key] = int(fails)
+                self._learned[key] = Learned(int(fails), float(delay))
                 if int(code) == 0:
                     self._leases[key].append(lease)
                     return None
@@ -156,7 +156,7 @@ class RedisSlots:
         lease = held.pop()
         if not held:
             del self._leases[key]
-        self._fails[key] = failures
+        self._learned[key] = Learned(failures, delay)
         now = time.monotonic()
         pause_in = max(0.0, pause_until - now)
         dead_in = max(0.0, dead_until - now)
@@ -165,11 +165,11 @@ class RedisSlots:
         except self._errors as exc:
             self._down(exc)  # the lease lapses on its own
 
-    def failures(self, key: str) -> int | None:
-        """Consecutive host-down outcomes across the fleet, as of this process's last exchange with Redis."""
-        if key in self._fails:
-            return self._fails[key]
-        return self.local.failures(key) if self.local is not None else None
+    def learned(self, key: str) -> Learned | None:
+        """The fleet's breaker count and adaptive delay of ``key``, as of this process's last exchange with Redis."""
+        if self.counters.up and key in self._learned:
+            return self._learned[key]
+        return self.local.learned(key) if self.local is not None else None
 
     def close(self) -> None:
         self._redis.close()

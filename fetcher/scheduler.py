@@ -238,9 +238,9 @@ class Scheduler:
         slot = self._slots[job.host]
         self._inflight -= 1
         st = slot.state
-        shared = self.box.failures(job.host) if self.box is not None else None
-        if shared is not None:  # the breaker counts the whole box's (or fleet's) consecutive failures
-            st.failures = shared
+        shared = self.box.learned(job.host) if self.box is not None else None
+        if shared is not None:  # breaker count and adaptive delay are the whole box's (or fleet's)
+            st.failures, st.delay = shared.failures, shared.delay
         v = st.record(outcome, job.started, now)
         if self.box is not None:
             self.box.finish(job.host, st.pause_until, st.delay, st.dead_until if st.is_dead(now) else 0.0, st.failures)

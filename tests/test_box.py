@@ -84,10 +84,11 @@ def test_box_pause_and_dead_host_are_shared() -> None:
         a.finish("h", pause_until=now + 5, delay=0.0, dead_until=0.0, failures=0)  # a 429 with Retry-After: 5
         busy = b.try_start("h", lim, now + 1)
         assert busy is not None and not busy.dead and busy.at == pytest.approx(now + 5)
-        a.finish("h", pause_until=0.0, delay=0.0, dead_until=now + 60, failures=7)  # a's breaker gave up
+        a.finish("h", pause_until=0.0, delay=0.5, dead_until=now + 60, failures=7)  # a's breaker gave up
         busy = b.try_start("h", lim, now + 6)
         assert busy is not None and busy.dead
-        assert b.failures("h") == 7
+        learned = b.learned("h")
+        assert learned.failures == 7 and learned.delay == 0.5  # b's breaker and delay go on from a's
         assert b.try_start("other", lim, now) is None  # other hosts are not affected
         a.close()
         b.close()

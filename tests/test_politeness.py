@@ -74,7 +74,7 @@ def test_host_rate_never_exceeds_rate_plus_burst(farm: Farm, tmp_path: Path, eng
     span = max(limited) - min(limited)
     # It runs at the rate, not below it: n starts need (n - burst) / rate seconds (from the 2nd
     # arrival on, as the first request of a fresh process may arrive late: connection set-up).
-    assert (n - burst - 1) / rate * 0.95 <= max(limited) - sorted(limited)[1] and span <= (n - burst) / rate + 2.0
+    assert (n - burst - engines) / rate * 0.95 <= max(limited) - sorted(limited)[1] and span <= (n - burst) / rate + 2.0
     # The limit is the limited host's own: the other host is not slowed by it.
     assert max(free) - min(free) < span / 2
 
@@ -89,7 +89,8 @@ def test_per_host_rate_flag_limits_every_host(farm: Farm, tmp_path: Path, engine
         times = [t for t, host, _ in log if host.startswith(farm.addresses[h] + ":")]
         assert len(times) == n
         assert max_in_window(times, 1.0) <= rate + burst
-        assert max(times) - sorted(times)[1] >= (n - burst - 1) / rate * 0.95
+        # Each engine's first request also opens a connection and may arrive late, shortening the span.
+        assert max(times) - sorted(times)[1] >= (n - burst - engines) / rate * 0.95
 
 
 def test_429_retry_after_converges_and_is_honoured(farm: Farm, tmp_path: Path, engines: int) -> None:

@@ -11,10 +11,11 @@ import os
 import sys
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NoReturn
 
 from fetcher import __version__
+from fetcher.dns import DnsOptions
 from fetcher.http import HttpOptions
 from fetcher.imaging import ImageOptions
 from fetcher.lifecycle import DurabilityOptions
@@ -106,6 +107,7 @@ OPTION_CLASSES: list[type] = [
     InputOptions,
     OutputOptions,
     HttpOptions,
+    DnsOptions,
     SchedulerOptions,
     ImageOptions,
     MonitorOptions,
@@ -116,6 +118,7 @@ _TITLES = {
     InputOptions: "input",
     OutputOptions: "output",
     HttpOptions: "http",
+    DnsOptions: "dns",
     SchedulerOptions: "scheduling",
     ImageOptions: "imaging",
     MonitorOptions: "monitoring",
@@ -135,6 +138,7 @@ class Config:
     imaging: ImageOptions
     monitor: MonitorOptions
     durability: DurabilityOptions
+    dns: DnsOptions = field(default_factory=DnsOptions)
 
     def validate(self) -> None:
         for part in (
@@ -146,6 +150,7 @@ class Config:
             self.imaging,
             self.monitor,
             self.durability,
+            self.dns,
         ):
             part.validate()
 
@@ -196,6 +201,7 @@ def load_config(argv: list[str] | None = None) -> Config:
         imaging=build(ImageOptions, ns),
         monitor=build(MonitorOptions, ns),
         durability=build(DurabilityOptions, ns),
+        dns=build(DnsOptions, ns),
     )
     cfg.validate()
     return cfg

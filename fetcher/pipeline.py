@@ -120,7 +120,7 @@ class Pipeline:
         """Fetch, process and write every row of the planned tars (until stopped by a signal)."""
         self.plan.output.cleanup([t.index for t in self.plan.todo])
         async with (
-            HttpClient(self.cfg.http) as self.http,
+            HttpClient(self.cfg.http, self.cfg.dns, self.monitor.metrics, self.stats.dns) as self.http,
             ImagingPool(self.cfg.run.worker_count, self.cfg.imaging, self.cfg.durability.worker_max_bytes) as self.pool,
             self.monitor.watching(self.scheduler, self.budget, self.pool),
         ):

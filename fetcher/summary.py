@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from fetcher.dns import DnsStats
 from fetcher.records import SampleResult, Status
 
 
@@ -27,6 +28,7 @@ class RunStats:
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
     exit_code: int = 0  # 130/143 after a stop signal
+    dns: DnsStats = field(default_factory=DnsStats)  # this process's name resolutions
 
     def record(self, res: SampleResult) -> None:
         """Count one final row result."""
@@ -87,6 +89,12 @@ class RunStats:
             "elapsed_seconds": round(self.elapsed, 2),
             "eta_seconds": None if eta is None else round(eta, 1),
             "failed_by_reason": dict(self.by_reason.most_common()),
+            "dns": {
+                "resolutions": self.dns.resolutions,
+                "cache_hit_ratio": round(self.dns.hit_ratio, 4),
+                "lookups": self.dns.lookups,
+                "failures": dict(self.dns.failures),
+            },
         }
 
     def format(self) -> str:
@@ -112,4 +120,6 @@ class RunStats:
             f"  bytes       {mb_in:.1f} MB downloaded -> {mb_out:.1f} MB written"
             + (f" ({mb_out / mb_in * 100:.0f} %, {mb_in - mb_out:.1f} MB saved by resizing)" if mb_in else ""),
         ]
+        if self.dns.format():
+            lines.append(self.dns.format())
         return "\n".join(lines)

@@ -24,10 +24,12 @@ class Internet:
         latency: float = 0.0,
         zone: str = ZONE,
         ttl: int = 300,
+        ipv6: bool = False,
     ) -> None:
         self.addresses = tuple(addresses)
         self.zone = NameZone(addresses=self.addresses, zone=zone, ttl=ttl)
-        self.farm = Farm(self.addresses, port)
+        # ipv6: the farm also listens on ::1, where v6only-N names point
+        self.farm = Farm(self.addresses + ((self.zone.v6,) if ipv6 else ()), port)
         self.faults: HostFaults = install(self.farm.app, self.zone)
         self.dns = DnsServer(self.zone, dns_address, dns_port, latency)
 
@@ -50,9 +52,13 @@ class Internet:
         return f"http://{self.zone.name(n, kind)}:{self.farm.port}{path}"
 
     def fetcher_flags(self) -> list[str]:
-        """Flags that point fetcher at this DNS server and allow exactly the farm's addresses."""
+        """Flags that point fetcher at this DNS server and allow exactly the farm's addresses.
+
+        The closed-N address is allowed too (so its rows end in connect_error, not blocked_address);
+        outside-N and private-N addresses stay refused.
+        """
         flags = ["--dns-server", self.dns.server]
-        for net in allow_networks(self.addresses):
+        for net in allow_networks((*self.farm.addresses, self.zone.closed)):
             flags += ["--allow-network", net]
         return flags
 

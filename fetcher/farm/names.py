@@ -6,6 +6,7 @@ names outside the zone are REFUSED)::
     hN.<zone>          an image host: A = the farm's address N % len(addresses)
     ttl1-N.<zone>      the same, with a 1-second TTL
     v6only-N.<zone>    AAAA ::1 only (no A record)
+    brokenv6-N.<zone>  A answered, AAAA questions never answered (a resolver path that drops IPv6)
     noaddr-N.<zone>    exists, but no A/AAAA record
     nx-N.<zone>        NXDOMAIN
     servfail-N.<zone>  SERVFAIL
@@ -37,7 +38,7 @@ from fetcher.farm.server import hang, trickle
 ZONE = "farm.test"
 _LABEL = re.compile(r"^(?:(?P<kind>[a-z0-9]+)-)?(?P<n>\d+)$|^h(?P<h>\d+)$")
 HTTP_FAULTS = ("hang", "e503", "e500", "trickle", "slowbw", "throttle", "redir")
-DNS_FAULTS = ("ttl1", "v6only", "noaddr", "nx", "servfail", "silent", "outside", "private", "closed")
+DNS_FAULTS = ("ttl1", "v6only", "brokenv6", "noaddr", "nx", "servfail", "silent", "outside", "private", "closed")
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ class NameZone:
             return ZoneAnswer("NXDOMAIN")
         if kind == "servfail":
             return ZoneAnswer("SERVFAIL")
-        if kind == "silent":
+        if kind == "silent" or (kind == "brokenv6" and qtype == "AAAA"):
             return None
         if qtype == "A" and v4:
             return ZoneAnswer(records=((v4, ttl),))

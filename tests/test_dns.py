@@ -82,7 +82,8 @@ def test_hosts_file_and_server_syntax(tmp_path: Path) -> None:
 
 
 def test_dns_server_flag_and_reasons() -> None:
-    cfg = load_config(["--input", "x", "--output", "y", "--dns-server", "127.0.0.1:5353,127.0.0.2", "--dns-server", "::1"])
+    base = ["--input", "x", "--output", "y"]
+    cfg = load_config([*base, "--dns-server", "127.0.0.1:5353,127.0.0.2", "--dns-server", "::1"])
     assert cfg.dns.servers == ["127.0.0.1:5353", "127.0.0.2", "::1"]
     with pytest.raises(ConfigError, match="--dns-server"):
         load_config(["--input", "x", "--output", "y", "--dns-server", "resolver.invalid"])

@@ -1,5 +1,8 @@
 """``python -m fetcher.farm demo|serve``: the bundled sample image host.
 
+``serve --dns 127.0.0.35:53 --dns-latency 100`` also serves the test zone ``farm.test`` by name
+(fetcher/farm/names.py) from a DNS server answering after 100 ms.
+
 ``demo`` is what ``make run`` does: start the farm on loopback, write a sample URL parquet, run
 ``python -m fetcher`` on it end to end (tars land in ./out) and print its summary.
 """
@@ -15,6 +18,7 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fetcher.farm.internet import InternetThread
 from fetcher.farm.server import Farm, FarmThread
 
 DEMO_ADDRESSES = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
@@ -55,8 +59,31 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
+    if args.dns:
+        return serve_named(args)
     with FarmThread(args.address, port=args.port) as farm:
         print(f"farm: serving on {', '.join(farm.base(i) for i in range(len(farm.addresses)))}", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            return 0
+
+
+def serve_named(args: argparse.Namespace) -> int:
+    host, _, port = args.dns.rpartition(":")
+    if not host or not port.isdigit():
+        print(f"farm: error: --dns wants HOST:PORT, got {args.dns!r}", file=sys.stderr)
+        return 2
+    with InternetThread(
+        args.address, port=args.port, dns_address=host, dns_port=int(port), latency=args.dns_latency / 1000
+    ) as net:
+        farm = net.farm
+        print(
+            f"farm: serving on {', '.join(farm.base(i) for i in range(len(farm.addresses)))};"
+            f" names *.{net.zone.zone} from DNS {net.dns.server} ({args.dns_latency:g} ms)",
+            flush=True,
+        )
         try:
             while True:
                 time.sleep(3600)
@@ -76,6 +103,8 @@ def main() -> int:
     s = sub.add_parser("serve", help="serve the farm until Ctrl-C")
     s.add_argument("--address", action="append", default=None)
     s.add_argument("--port", type=int, default=8765)
+    s.add_argument("--dns", default="", metavar="HOST:PORT", help="also serve the farm.test zone from this address")
+    s.add_argument("--dns-latency", type=float, default=100.0, metavar="MS", help="DNS answer delay")
     args = parser.parse_args()
     if args.cmd == "serve" and not args.address:
         args.address = list(DEMO_ADDRESSES)

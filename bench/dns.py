@@ -77,7 +77,8 @@ def site_of(i: int, names: int) -> int:
     """The site (name number) of row ``i``: a quarter of rows on BIG_SITES hosts, the rest spread thin."""
     if i % 4 == 0:
         return (i // 4) % BIG_SITES
-    return BIG_SITES + (i * 7919) % max(1, names - BIG_SITES)
+    k = i - i // 4 - 1  # 0, 1, 2, ... over the other rows
+    return BIG_SITES + (k * 7919) % max(1, names - BIG_SITES)  # 7919 is prime: every small site is used
 
 
 def url_lists(rows: int, names: int, port: int) -> tuple[list[str], list[str]]:

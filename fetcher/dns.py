@@ -47,6 +47,8 @@ TRANSIENT_TTL = 0.4
 AAAA_GRACE = 0.05
 HOSTS_FILE = Path("/etc/hosts")
 SOCKET_BUFFER = 4 * 2**20
+# Background lookups started for rows read ahead, at most (past it, rows resolve when fetched).
+PREFETCH_MAX = 8192
 
 
 class DnsFailure(StrEnum):
@@ -292,6 +294,7 @@ class DnsResolver(AbstractResolver):
         self._servers = opts.servers
         self._channel: aiodns.DNSResolver | None = None
         self._inflight: dict[str, asyncio.Future[Answer]] = {}
+        self._tasks: set[asyncio.Future[None]] = set()
         self._sem: asyncio.Semaphore | None = None
 
     def _resolver(self) -> aiodns.DNSResolver:
@@ -308,6 +311,22 @@ class DnsResolver(AbstractResolver):
             self._sem = asyncio.Semaphore(self.opts.dns_concurrency)
         return self._channel
 
+    def prefetch(self, host: str) -> None:
+        """Start resolving ``host`` in the background, so that its fetch finds the answer ready.
+
+        Called for rows as they are read ahead: lookups then overlap with other fetches instead of
+        being waited for while the row holds a concurrency permit. Never raises.
+        """
+        name = host.lower().rstrip(".").strip("[]")
+        if name in self._inflight or len(self._tasks) >= PREFETCH_MAX or self.cache.get(name) is not None:
+            return
+        try:
+            ipaddress.ip_address(name)
+            return  # a literal: nothing to resolve
+        except ValueError:
+            pass
+        self._start_lookup(name)
+
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
@@ -317,11 +336,8 @@ class DnsResolver(AbstractResolver):
         hit = answer is not None
         if answer is None:
             pending = self._inflight.get(name)
-            if pending is not None:
-                hit = True  # shares a lookup already on the wire: no query of its own
-                answer = await asyncio.shield(pending)
-            else:
-                answer = await self._lookup_shared(name)
+            hit = pending is not None  # shares a lookup already on the wire (a prefetch or another row's)
+            answer = await asyncio.shield(pending if pending is not None else self._start_lookup(name))
         self.stats.resolutions += 1
         self.stats.cache_hits += hit
         failure = answer.failure
@@ -351,23 +367,32 @@ class DnsResolver(AbstractResolver):
         return out
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
 
-    async def _lookup_shared(self, name: str) -> Answer:
+    def _start_lookup(self, name: str) -> asyncio.Future[Answer]:
+        """One lookup of ``name`` as a task of its own; everyone asking meanwhile shares its future."""
         fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._inflight[name] = fut
+        task = asyncio.ensure_future(self._run_lookup(name, fut))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return fut
+
+    async def _run_lookup(self, name: str, fut: asyncio.Future[Answer]) -> None:
         try:
             answer = await self._lookup(name)
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # retrieved: waiters (if any) get it; no "never retrieved" warning otherwise
+        except BaseException:
+            fut.cancel()  # only on close: waiters see CancelledError
             raise
         finally:
-            del self._inflight[name]
+            self._inflight.pop(name, None)
         fut.set_result(answer)
-        return answer
 
     async def _lookup(self, name: str) -> Answer:
         static = self.hosts.get(name)

@@ -8,7 +8,7 @@ import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
@@ -134,6 +134,15 @@ class HttpClient:
         if self._session is not None:
             await self._session.close()
         await self.resolver.close()  # the connector closes only a resolver it made itself
+
+    def prefetch(self, url: str) -> None:
+        """Resolve the URL's host in the background (called as rows are read ahead)."""
+        try:
+            host = urlsplit(url).hostname
+        except ValueError:
+            return
+        if host:
+            self.resolver.prefetch(host)
 
     async def fetch(self, url: str) -> FetchOutcome:
         """Download ``url`` within the hard deadline; classify every failure into a Reason."""

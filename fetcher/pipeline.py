@@ -267,6 +267,7 @@ class Pipeline:
             except UrlRefused as exc:
                 self._finish(SampleResult.failure(row, exc.reason, exc.detail))
                 continue
+            self.http.prefetch(url)  # DNS overlaps the wait for a permit instead of holding one
             await self.scheduler.put(Job(row=row, url=url, host=self.scheduler.key_of(url)))
             self.monitor.row_scheduled()
 

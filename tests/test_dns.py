@@ -226,6 +226,26 @@ async def test_lookups_are_concurrent_shared_and_bounded(net: Internet) -> None:
         await bounded.close()
 
 
+async def test_prefetch_fills_the_cache_ahead(net: Internet) -> None:
+    r = _resolver(net)
+    try:
+        for _ in range(3):
+            r.prefetch("h42.farm.test")  # rows of one host read ahead: one lookup
+        r.prefetch("127.0.0.2")  # a literal: nothing to resolve
+        r.prefetch("nx-9.farm.test")
+        start = time.monotonic()
+        while r.stats.lookups < 2 and time.monotonic() - start < 5:
+            await asyncio.sleep(0.01)
+        assert await _addresses(r, "h42.farm.test") == ["127.0.0.2"]
+        with pytest.raises(DnsError):
+            await r.resolve("nx-9.farm.test", 80, socket.AF_UNSPEC)
+        assert net.dns.log.count("h42.farm.test", "A") == 1 and net.dns.log.count("nx-9.farm.test", "A") == 1
+        assert r.stats.lookups == 2 and r.stats.cache_hits == 2, "the fetch found the prefetched answers"
+        r.prefetch("h43.farm.test")  # still in flight at close: cancelled cleanly
+    finally:
+        await r.close()
+
+
 def test_metrics_observe_dns() -> None:
     m = Metrics()
     m.dns_lookup(0.1, None)

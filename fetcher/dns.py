@@ -174,6 +174,7 @@ class DnsStats:
     cache_hits: int = 0  # ... answered from the cache (or by joining a lookup in flight)
     lookups: int = 0  # queries sent to the resolver (cache misses)
     lookup_seconds: float = 0.0
+    wait_seconds: float = 0.0  # time connections spent waiting for a lookup (0 when all were ready)
     failures: dict[str, int] = field(default_factory=dict)  # by DnsFailure value, per resolution
 
     @property
@@ -188,7 +189,7 @@ class DnsStats:
         fails = ", ".join(f"{k} {v}" for k, v in sorted(self.failures.items())) or "no failures"
         return (
             f"  dns         {self.resolutions} resolutions, {100 * self.hit_ratio:.1f} % from cache,"
-            f" {self.lookups} lookups ({mean:.0f} ms mean), {fails}"
+            f" {self.lookups} lookups ({mean:.0f} ms mean), {self.wait_seconds:.1f} s waited, {fails}"
         )
 
 
@@ -337,7 +338,9 @@ class DnsResolver(AbstractResolver):
         if answer is None:
             pending = self._inflight.get(name)
             hit = pending is not None  # shares a lookup already on the wire (a prefetch or another row's)
+            start = time.perf_counter()
             answer = await asyncio.shield(pending if pending is not None else self._start_lookup(name))
+            self.stats.wait_seconds += time.perf_counter() - start
         self.stats.resolutions += 1
         self.stats.cache_hits += hit
         failure = answer.failure

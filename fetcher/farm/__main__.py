@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -18,7 +20,9 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fetcher.farm.dns import DnsServer
 from fetcher.farm.internet import InternetThread
+from fetcher.farm.names import NameZone
 from fetcher.farm.server import Farm, FarmThread
 
 DEMO_ADDRESSES = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
@@ -91,6 +95,20 @@ def serve_named(args: argparse.Namespace) -> int:
             return 0
 
 
+def serve_dns(args: argparse.Namespace) -> int:
+    """Only the DNS server (names pointing at a farm served by another process)."""
+
+    async def run() -> None:
+        zone = NameZone(addresses=tuple(args.address))
+        server = await DnsServer(zone, args.dns_address, args.dns_port, args.latency / 1000).start()
+        print(f"farm: DNS for *.{zone.zone} serving on {server.server} ({args.latency:g} ms)", flush=True)
+        await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m fetcher.farm")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -105,10 +123,15 @@ def main() -> int:
     s.add_argument("--port", type=int, default=8765)
     s.add_argument("--dns", default="", metavar="HOST:PORT", help="also serve the farm.test zone from this address")
     s.add_argument("--dns-latency", type=float, default=100.0, metavar="MS", help="DNS answer delay")
+    n = sub.add_parser("dns", help="only the DNS server for the farm.test zone, until Ctrl-C")
+    n.add_argument("--address", action="append", default=None, help="farm address the names point at")
+    n.add_argument("--dns-address", default="127.0.0.35")
+    n.add_argument("--dns-port", type=int, default=53)
+    n.add_argument("--latency", type=float, default=100.0, metavar="MS", help="answer delay")
     args = parser.parse_args()
-    if args.cmd == "serve" and not args.address:
+    if args.cmd in ("serve", "dns") and not args.address:
         args.address = list(DEMO_ADDRESSES)
-    return demo(args) if args.cmd == "demo" else serve(args)
+    return {"demo": demo, "serve": serve, "dns": serve_dns}[args.cmd](args)
 
 
 if __name__ == "__main__":

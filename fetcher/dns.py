@@ -188,7 +188,7 @@ class DnsStats:
         mean = 1000 * self.lookup_seconds / self.lookups if self.lookups else 0.0
         fails = ", ".join(f"{k} {v}" for k, v in sorted(self.failures.items())) or "no failures"
         return (
-            f"  dns         {self.resolutions} resolutions, {100 * self.hit_ratio:.1f} % from cache,"
+            f"  dns         {self.resolutions} resolutions ({100 * self.hit_ratio:.1f} % cached or prefetched),"
             f" {self.lookups} lookups ({mean:.0f} ms mean), {self.wait_seconds:.1f} s waited, {fails}"
         )
 

@@ -28,8 +28,11 @@ from fetcher.farm.server import Farm, FarmThread
 DEMO_ADDRESSES = ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
 
 
-def sample_rows(farm: Farm, rows: int) -> pa.Table:
-    """A LAION-like URL table against ``farm``: mostly good images over several hosts, some faults."""
+def sample_rows(farm: Farm, rows: int, zone: NameZone | None = None) -> pa.Table:
+    """A LAION-like URL table against ``farm``: mostly good images over several hosts, some faults.
+
+    With ``zone`` the hosts are names (``hN.farm.test``, 50 of them, plus an NXDOMAIN name now and then).
+    """
     sizes = ["640x480", "1024x768", "800x1200", "1600x1200", "320x240", "2048x1536"]
     faults = ["/status/404", "/notimage", "/truncated/medium.jpg", "/status/500"]
     urls, captions = [], []
@@ -41,22 +44,28 @@ def sample_rows(farm: Farm, rows: int) -> pa.Table:
             path = "/img/" + ["alpha.png", "exif6.jpg", "cmyk.jpg", "photo.webp", "palette.png"][i % 5]
         else:
             path = f"/gen/{sizes[i % len(sizes)]}.jpg?seed={i}"
-        urls.append(farm.url(path, host))
+        if zone is None:
+            urls.append(farm.url(path, host))
+        else:
+            name = zone.name(i % 50) if i % 50 != 7 else zone.name(i, "nx")
+            urls.append(f"http://{name}:{farm.port}{path}")
         captions.append(f"sample image {i}")
     return pa.table({"url": urls, "caption": captions})
 
 
 def demo(args: argparse.Namespace) -> int:
     os.makedirs(os.path.dirname(args.input) or ".", exist_ok=True)
-    with FarmThread(DEMO_ADDRESSES) as farm:
-        pq.write_table(sample_rows(farm, args.rows), args.input)
+    with InternetThread(DEMO_ADDRESSES, latency=args.dns_latency / 1000) as net:
+        farm = net.farm
+        pq.write_table(sample_rows(farm, args.rows, net.zone), args.input)
         print(f"farm: serving on {', '.join(farm.base(i) for i in range(len(farm.addresses)))}", file=sys.stderr)
+        print(f"farm: names *.{net.zone.zone} from DNS {net.dns.server} ({args.dns_latency:g} ms)", file=sys.stderr)
         print(f"farm: wrote {args.rows} sample URLs to {args.input}", file=sys.stderr)
         cmd = [
             sys.executable, "-m", "fetcher",
             "--input", args.input, "--output", args.output,
             "--samples-per-tar", str(args.samples_per_tar),
-            "--allow-private-networks", *args.extra,
+            "--allow-private-networks", "--dns-server", net.dns.server, *args.extra,
         ]  # fmt: skip
         print("running:", " ".join(cmd), file=sys.stderr)
         return subprocess.call(cmd)
@@ -117,6 +126,7 @@ def main() -> int:
     d.add_argument("--output", default="out")
     d.add_argument("--rows", type=int, default=500)
     d.add_argument("--samples-per-tar", type=int, default=200)
+    d.add_argument("--dns-latency", type=float, default=50.0, metavar="MS", help="DNS answer delay")
     d.add_argument("extra", nargs="*", help="more fetcher flags (after --)")
     s = sub.add_parser("serve", help="serve the farm until Ctrl-C")
     s.add_argument("--address", action="append", default=None)

@@ -401,14 +401,18 @@ class DnsResolver(AbstractResolver):
         static = self.hosts.get(name)
         if static is not None:
             return self._checked(name, static, float("inf"))
-        resolver = self._resolver()
+        try:
+            resolver = self._resolver()
+        except Exception as exc:  # e.g. no usable resolver configuration: every lookup fails, named
+            _, detail = _failure_of(exc)
+            return Answer(self.clock() + TRANSIENT_TTL, failure=DnsFailure.REFUSED, detail=f"resolver: {detail}")
         assert self._sem is not None
         async with self._sem:
             start = time.perf_counter()
             try:
                 async with asyncio.timeout(self.opts.dns_timeout):
                     addresses, ttl = await self._query_both(resolver, name)
-            except Exception as exc:
+            except Exception as exc:  # every failure becomes a named answer; only cancellation escapes
                 kind, detail = _failure_of(exc)
                 answer = Answer(self.clock() + self._failure_ttl(kind), failure=kind, detail=f"{kind.value}: {detail}")
             else:

@@ -188,6 +188,21 @@ async def test_timeout_aaaa_only_and_broken_ipv6(net: Internet) -> None:
         await r.close()
 
 
+async def test_unreachable_resolver_is_named() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again below: nothing listens there
+    opts = DnsOptions(dns_server=[f"127.0.0.1:{port}"], dns_timeout=2.0)
+    r = DnsResolver(opts, NetPolicy(allow_private=True), hosts={})
+    try:
+        with pytest.raises(DnsError) as info:
+            await r.resolve("h1.farm.test", 80, socket.AF_UNSPEC)
+        assert info.value.kind in (DnsFailure.REFUSED, DnsFailure.TIMEOUT)
+        assert info.value.reason in RETRYABLE
+    finally:
+        await r.close()
+
+
 async def test_policy_applies_to_every_answer(net: Internet) -> None:
     r = _resolver(net)
     try:

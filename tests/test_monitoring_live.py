@@ -171,7 +171,7 @@ def test_live_metrics_endpoint(live: Live) -> None:
     assert all(n.startswith("fetcher_") for n in names), names
     label_names = {k for _, lbl in second for k, _ in lbl}
     assert label_names <= {"status", "reason", "code_class", "stage", "le", "shard", "shards", "version", "python",
-                           "pillow"}  # fmt: skip
+                           "pillow", "outcome", "cache", "kind"}  # fmt: skip (outcome/cache/kind: fetcher_dns_*)
     assert live.healthz[0] == 200 and live.healthz[1]["status"] == "ok"
     assert live.readyz == 200
     assert live.exit_code == 0, live.stderr

@@ -170,17 +170,17 @@ async def test_negative_cache_and_transient_failures(net: Internet) -> None:
 
 
 async def test_timeout_aaaa_only_and_broken_ipv6(net: Internet) -> None:
-    r = _resolver(net, dns_timeout=1.0)
+    r = _resolver(net, dns_timeout=3.0)
     try:
         start = time.monotonic()
         with pytest.raises(DnsError) as info:
             await r.resolve("silent-1.farm.test", 80, socket.AF_UNSPEC)
         assert info.value.kind is DnsFailure.TIMEOUT and info.value.reason is Reason.DNS_TIMEOUT
-        assert 0.9 < time.monotonic() - start < 4, "a silent resolver costs --dns-timeout, not more"
+        assert 2.9 < time.monotonic() - start < 8, "a silent resolver costs --dns-timeout, not more"
         assert await _addresses(r, "v6only-3.farm.test") == ["::1"]
         start = time.monotonic()
         assert await _addresses(r, "brokenv6-1.farm.test") == ["127.0.0.3"]
-        assert time.monotonic() - start < 0.9, "an unanswered AAAA question does not stall an IPv4 answer"
+        assert time.monotonic() - start < 2, "an unanswered AAAA question does not stall an IPv4 answer"
         with pytest.raises(DnsError) as info:
             await r.resolve("v6only-3.farm.test", 80, socket.AF_INET)
         assert info.value.kind is DnsFailure.NO_ADDRESS

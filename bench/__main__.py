@@ -11,7 +11,7 @@ import sys
 from bench.common import save
 
 # Sections in the order they run; each module owns its own workloads.
-SECTIONS: list[str] = ["imaging", "politeness", "inputs", "peers", "scaling", "fleet"]
+SECTIONS: list[str] = ["imaging", "politeness", "inputs", "peers", "dns", "scaling", "fleet"]
 
 
 def main(argv: list[str]) -> int:

@@ -13,12 +13,13 @@ import shutil
 import sys
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NoReturn
 
 from fetcher import __version__, compat
 from fetcher.compat import Img2datasetOptions
 from fetcher.cpus import available_cpus
+from fetcher.dns import DnsOptions
 from fetcher.http import HttpOptions
 from fetcher.imaging import ImageOptions
 from fetcher.lifecycle import DurabilityOptions
@@ -146,6 +147,7 @@ OPTION_CLASSES: list[type] = [
     InputOptions,
     OutputOptions,
     HttpOptions,
+    DnsOptions,
     SchedulerOptions,
     ImageOptions,
     MonitorOptions,
@@ -157,6 +159,7 @@ _TITLES = {
     InputOptions: "input columns and filters",
     OutputOptions: "output format",
     HttpOptions: "http: timeouts, limits, network policy",
+    DnsOptions: "dns: resolver, caches",
     SchedulerOptions: "politeness and retries (per host)",
     ImageOptions: "imaging: resize, encode, refuse",
     MonitorOptions: "monitoring and progress",
@@ -194,6 +197,7 @@ class Config:
     monitor: MonitorOptions
     durability: DurabilityOptions
     img2dataset: Img2datasetOptions
+    dns: DnsOptions = field(default_factory=DnsOptions)
 
     def validate(self) -> None:
         self.run.validate(need_input=not self.output.print_simpletuner_config)
@@ -206,6 +210,7 @@ class Config:
             self.monitor,
             self.durability,
             self.img2dataset,
+            self.dns,
         ):
             part.validate()
 
@@ -280,6 +285,7 @@ def load_config(argv: list[str] | None = None) -> Config:
         monitor=build(MonitorOptions, ns),
         durability=build(DurabilityOptions, ns),
         img2dataset=build(Img2datasetOptions, ns),
+        dns=build(DnsOptions, ns),
     )
     cfg.validate()
     cpus = available_cpus()

@@ -44,6 +44,10 @@ class Fetch(Protocol):
         """The image bytes of an admitted locator, or the named failure. Never raises."""
         ...
 
+    def prefetch(self, url: str) -> None:
+        """A hint that ``url`` will be fetched soon (HTTP: resolve its host while it waits for a permit)."""
+        ...
+
 
 class HttpFetch:
     """Rows are URLs: the address policy admits them, HttpClient downloads them."""
@@ -58,6 +62,9 @@ class HttpFetch:
 
     async def fetch(self, url: str) -> FetchOutcome:
         return await self.client.fetch(url)
+
+    def prefetch(self, url: str) -> None:
+        self.client.prefetch(url)
 
 
 Entry = tuple[str, int, int]  # (tar, offset of the data, size)
@@ -113,6 +120,9 @@ class LocalFetch:
         if norm.startswith(".."):
             raise UrlRefused(Reason.INVALID_URL, f"{text} climbs out of --images-from")
         return norm
+
+    def prefetch(self, url: str) -> None:
+        """Nothing to resolve: files are read when their turn comes."""
 
     async def fetch(self, url: str) -> FetchOutcome:
         start = time.perf_counter()

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import ipaddress
-import socket
 import ssl
 import time
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.http_exceptions import ContentEncodingError, TransferEncodingError
 
 from fetcher import __version__
 from fetcher.budget import ByteBudget
+from fetcher.dns import DnsError, DnsObserver, DnsOptions, DnsResolver, DnsStats
 from fetcher.netguard import NetPolicy, UrlRefused, parse_networks
 from fetcher.options import ConfigError, opt
 from fetcher.records import FetchOutcome, Reason, reason_for_http_status
@@ -86,29 +84,6 @@ class HttpOptions:
         return f"{self.user_agent} {self.user_agent_token}".strip()
 
 
-class GuardedResolver(AbstractResolver):
-    """Resolves names, then refuses the host when any answer is in a blocked range.
-
-    Every new connection (first request and each redirect hop to a new host) goes through here,
-    so DNS answers pointing at private space are caught without an extra lookup.
-    """
-
-    def __init__(self, policy: NetPolicy) -> None:
-        self._inner = aiohttp.ThreadedResolver()
-        self._policy = policy
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        answers = await self._inner.resolve(host, port, family)
-        for answer in answers:
-            self._policy.check_address(ipaddress.ip_address(answer["host"]), host)
-        return answers
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or HTTP date), or None."""
     if not value:
@@ -139,17 +114,27 @@ def robots_denied(header: str | None, deny: frozenset[str] = _ROBOTS_DENY) -> bo
 class HttpClient:
     """One ClientSession for the whole run. ``fetch`` never raises; it returns a FetchOutcome."""
 
-    def __init__(self, opts: HttpOptions, budget: ByteBudget | None = None) -> None:
+    def __init__(
+        self,
+        opts: HttpOptions,
+        budget: ByteBudget | None = None,
+        dns: DnsOptions | None = None,
+        dns_observer: DnsObserver | None = None,
+        dns_stats: DnsStats | None = None,
+    ) -> None:
         self.opts = opts
         self.budget = budget  # when given, every body byte is reserved in it before it is held
         self.policy = NetPolicy(allow_private=opts.allow_private_networks, allowed=parse_networks(opts.allow_network))
+        # Every new connection (first request and each redirect hop to a new host) resolves through
+        # here, so DNS answers pointing at refused space are caught before any socket is opened.
+        self.resolver = DnsResolver(dns or DnsOptions(), self.policy, dns_observer, dns_stats)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> HttpClient:
         connector = aiohttp.TCPConnector(
             limit=0,  # the scheduler gates concurrency; aiohttp's pool wait would eat our timeouts
-            ttl_dns_cache=300,
-            resolver=GuardedResolver(self.policy),
+            use_dns_cache=False,  # DnsResolver caches by the answers' own TTLs
+            resolver=self.resolver,
             enable_cleanup_closed=True,
         )
         timeout = aiohttp.ClientTimeout(
@@ -167,6 +152,16 @@ class HttpClient:
     async def __aexit__(self, *exc: Any) -> None:
         if self._session is not None:
             await self._session.close()
+        await self.resolver.close()  # the connector closes only a resolver it made itself
+
+    def prefetch(self, url: str) -> None:
+        """Resolve the URL's host in the background (called as rows are read ahead)."""
+        try:
+            host = urlsplit(url).hostname
+        except ValueError:
+            return
+        if host:
+            self.resolver.prefetch(host)
 
     async def fetch(self, url: str) -> FetchOutcome:
         """Download ``url`` within the hard deadline; classify every failure into a Reason."""
@@ -179,7 +174,9 @@ class HttpClient:
         except UrlRefused as exc:
             out = FetchOutcome(reason=exc.reason, detail=exc.detail)
         except aiohttp.ClientConnectorDNSError as exc:
-            out = FetchOutcome(reason=Reason.DNS_ERROR, detail=_short(exc))
+            err = exc.os_error
+            reason = err.reason if isinstance(err, DnsError) else Reason.DNS_SERVFAIL
+            out = FetchOutcome(reason=reason, detail=_short(err if isinstance(err, DnsError) else exc))
         except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError, ssl.SSLError) as exc:
             out = FetchOutcome(reason=Reason.TLS_ERROR, detail=_short(exc))
         except aiohttp.ClientConnectorError as exc:

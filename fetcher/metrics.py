@@ -28,6 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from fetcher import __version__
+from fetcher.dns import DnsFailure
 from fetcher.options import ConfigError, opt
 from fetcher.records import FetchOutcome, ImageOutcome, Reason, SampleResult, Status
 
@@ -35,6 +36,9 @@ from fetcher.records import FetchOutcome, ImageOutcome, Reason, SampleResult, St
 FETCH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60)
 # Imaging CPU time: ~5 ms for a thumbnail, ~150-700 ms for a 20-MP JPEG, seconds for a huge PNG.
 IMAGING_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# Name lookups: ~1 ms from a local cache, 50-200 ms recursive, up to --dns-timeout (5 s default).
+DNS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5, 5, 10)
+DNS_OUTCOMES: tuple[str, ...] = ("ok", *(f.value for f in DnsFailure))
 HTTP_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "none")
 REASON_LABELS: tuple[str, ...] = tuple(r.value for r in Reason)
 STATUS_LABELS: tuple[str, ...] = tuple(s.value for s in Status)
@@ -152,6 +156,27 @@ class Metrics:
             "fetcher_imaging_duration_seconds", "worker CPU time per image", buckets=IMAGING_BUCKETS, registry=r
         )
         self.tars = Counter("fetcher_tars_completed_total", "tars finalized (marker written)", registry=r)
+        self.dns_seconds = Histogram(
+            "fetcher_dns_lookup_duration_seconds",
+            "time of one name lookup sent to the resolver (cache misses)",
+            buckets=DNS_BUCKETS,
+            registry=r,
+        )
+        self.dns_lookups = Counter(
+            "fetcher_dns_lookups_total", "name lookups sent to the resolver, by outcome", ["outcome"], registry=r
+        )
+        self.dns_resolutions = Counter(
+            "fetcher_dns_resolutions_total",
+            "names resolved for connections, by cache result (hit: cache or a shared lookup)",
+            ["cache"],
+            registry=r,
+        )
+        self.dns_failures = Counter(
+            "fetcher_dns_failures_total",
+            "name resolutions that gave no usable address, by kind (policy: refused by the address policy)",
+            ["kind"],
+            registry=r,
+        )
         # Every label value exists from the start, so rate() and absent-series alerts work from scrape one.
         for s in STATUS_LABELS:
             self.rows.labels(s)
@@ -159,6 +184,12 @@ class Metrics:
             self.failures.labels(reason)
         for c in HTTP_CLASSES:
             self.responses.labels(c)
+        for o in DNS_OUTCOMES:
+            self.dns_lookups.labels(o)
+        for kind in DnsFailure:
+            self.dns_failures.labels(kind.value)
+        for cache in ("hit", "miss"):
+            self.dns_resolutions.labels(cache)
         r.register(_LiveCollector(self))
 
     # -- events (called by the pipeline's observer) ---------------------------------------------
@@ -168,6 +199,17 @@ class Metrics:
         self.fetch_seconds.observe(outcome.fetch_ms / 1000)
         if outcome.body is not None:
             self.bytes_downloaded.inc(len(outcome.body))
+
+    def dns_lookup(self, seconds: float, failure: DnsFailure | None) -> None:
+        """One lookup sent to the resolver ended (DnsObserver)."""
+        self.dns_seconds.observe(seconds)
+        self.dns_lookups.labels("ok" if failure is None else failure.value).inc()
+
+    def dns_resolved(self, cache_hit: bool, failure: DnsFailure | None) -> None:
+        """A connection's name resolution ended (DnsObserver)."""
+        self.dns_resolutions.labels("hit" if cache_hit else "miss").inc()
+        if failure is not None:
+            self.dns_failures.labels(failure.value).inc()
 
     def imaged(self, image: ImageOutcome) -> None:
         """A worker returned one image."""

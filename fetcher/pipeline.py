@@ -116,7 +116,7 @@ class Pipeline:
         """Fetch, process and write every row of the planned tars (until stopped by a signal)."""
         self.plan.output.cleanup([t.index for t in self.plan.todo])
         async with (
-            HttpClient(self.cfg.http, self.budget) as http,
+            HttpClient(self.cfg.http, self.budget, self.cfg.dns, self.monitor.metrics, self.stats.dns) as http,
             ImagingPool(
                 self.cfg.run.worker_count,
                 self.cfg.imaging,
@@ -276,6 +276,7 @@ class Pipeline:
             host = self.fetch.slot or self.scheduler.key_of(url)
             if self.fetch.slot is None:  # local files are no host's politeness matter
                 self.hostmix.see(host)
+            self.fetch.prefetch(url)  # DNS overlaps the wait for a permit instead of holding one
             await self.scheduler.put(Job(row=row, url=url, host=host))
             self.monitor.row_scheduled()
 

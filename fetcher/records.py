@@ -30,7 +30,11 @@ class Reason(StrEnum):
     BLOCKED_ADDRESS = "blocked_address"
     ROBOTS_DISALLOWED = "robots_disallowed"
     # transport
-    DNS_ERROR = "dns_error"
+    DNS_NXDOMAIN = "dns_nxdomain"  # the name does not exist
+    DNS_NO_ADDRESS = "dns_no_address"  # the name exists without an A/AAAA record
+    DNS_SERVFAIL = "dns_servfail"  # the resolver failed to answer (transient)
+    DNS_TIMEOUT = "dns_timeout"  # no resolver answer in time (transient)
+    DNS_REFUSED = "dns_refused"  # the resolver refused or could not be reached (transient)
     CONNECT_ERROR = "connect_error"
     CONNECTION_RESET = "connection_reset"
     TIMEOUT = "timeout"

@@ -23,6 +23,9 @@ RETRYABLE = frozenset(
         Reason.HTTP_408,
         Reason.HTTP_429,
         Reason.HTTP_5XX,
+        Reason.DNS_SERVFAIL,
+        Reason.DNS_TIMEOUT,
+        Reason.DNS_REFUSED,
     }
 )
 
@@ -30,7 +33,9 @@ RETRYABLE = frozenset(
 THROTTLING_STATUSES = frozenset({429, 503})
 
 # Failures that say the host itself is unreachable (no HTTP answer at all); they feed the breaker.
-HOST_DOWN = frozenset({Reason.CONNECT_ERROR, Reason.CONNECTION_RESET, Reason.TIMEOUT})
+HOST_DOWN = frozenset(
+    {Reason.CONNECT_ERROR, Reason.CONNECTION_RESET, Reason.TIMEOUT, Reason.DNS_TIMEOUT, Reason.DNS_SERVFAIL}
+)
 
 
 def is_retryable(outcome: FetchOutcome) -> bool:

@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from fetcher.dns import DnsStats
 from fetcher.records import Reason, SampleResult, Status
 
 
@@ -28,6 +29,7 @@ class RunStats:
     finished: float | None = None
     exit_code: int = 0  # 130/143 after a stop signal
     notes: list[str] = field(default_factory=list)  # said at start, repeated in the summary (e.g. one-host lists)
+    dns: DnsStats = field(default_factory=DnsStats)  # this process's name resolutions
 
     def record(self, res: SampleResult) -> None:
         """Count one final row result."""
@@ -47,6 +49,7 @@ class RunStats:
         self.by_status = sum((p.by_status for p in parts), Counter())
         self.by_reason = sum((p.by_reason for p in parts), Counter())
         self.notes = list(dict.fromkeys(n for p in parts for n in p.notes))
+        self.dns = DnsStats.sum_of([p.dns for p in parts])
 
     @property
     def elapsed(self) -> float:
@@ -97,6 +100,12 @@ class RunStats:
             "eta_seconds": None if eta is None else round(eta, 1),
             "failed_by_reason": dict(self.by_reason.most_common()),
             "hints": self.hints(),
+            "dns": {
+                "resolutions": self.dns.resolutions,
+                "cache_hit_ratio": round(self.dns.hit_ratio, 4),
+                "lookups": self.dns.lookups,
+                "failures": dict(self.dns.failures),
+            },
         }
 
     def hints(self) -> list[str]:
@@ -146,4 +155,6 @@ class RunStats:
             f"  bytes       {mb_in:.1f} MB downloaded -> {mb_out:.1f} MB written{change}",
         ]
         lines += [f"  hint        {hint}" for hint in self.hints()]
+        if self.dns.format():
+            lines.append(self.dns.format())
         return "\n".join(lines)

@@ -36,7 +36,11 @@ TABLE: dict[str, tuple[str, str, bool, bool, bool]] = {
     "bad_key": (D, "bad_key", False, False, False),
     "blocked_address": (D, "blocked_address", False, True, False),  # rerun after --allow-network
     "robots_disallowed": (D, "robots_disallowed", False, False, False),
-    "dns_error": (D, "dns_error", False, False, False),
+    "dns_nxdomain": (D, "dns_nxdomain", False, False, False),
+    "dns_no_address": (D, "dns_no_address", False, False, False),
+    "dns_servfail": (D, "dns_servfail", True, True, True),
+    "dns_timeout": (D, "dns_timeout", True, True, True),
+    "dns_refused": (D, "dns_refused", True, True, False),
     "connect_error": (D, "connect_error", True, True, True),
     "connection_reset": (D, "connection_reset", True, True, True),
     "timeout": (D, "timeout", True, True, True),

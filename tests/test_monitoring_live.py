@@ -172,9 +172,9 @@ def test_live_metrics_endpoint(live: Live) -> None:
     assert build and dict(build[0])["version"]
     names = {n for n, _ in second}
     assert all(n.startswith("fetcher_") for n in names), names
-    label_names = {k for _, lbl in second for k, _ in lbl}
+    label_names = {k for _, lbl in second for k, _ in lbl}  # outcome/cache/kind: the fetcher_dns_* series
     assert label_names <= {"status", "reason", "code_class", "stage", "le", "shard", "shards", "version", "python",
-                           "pillow"}  # fmt: skip
+                           "pillow", "outcome", "cache", "kind"}  # fmt: skip
     assert live.healthz[0] == 200 and live.healthz[1]["status"] == "ok"
     assert live.readyz == 200
     assert live.exit_code == 0, live.stderr

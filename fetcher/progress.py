@@ -68,10 +68,14 @@ def progress_bar(stats: RunStats, rates: Rates | None = None, width: int = BAR_W
     bar = "#" * filled + "-" * (width - filled)
     left = stats.total_rows - stats.rows_done
     eta = left / rates.rows if rates.rows > 0 else (0.0 if left <= 0 else None)
+    # The tail: an ETA from the row rate says nothing about rows stuck on a slow host.
+    tail = f" | {stats.outstanding} open, oldest {format_duration(stats.oldest_age)}" if stats.outstanding else ""
+    if stats.hosts_given_up:
+        tail += f", {stats.hosts_given_up} hosts given up"
     return (
         f"[{bar}] {stats.rows_done}/{stats.total_rows} rows {100 * frac:5.1f} %"
         f" | {rates.images:6.1f} img/s | ok {100 * stats.success_ratio:5.1f} %"
-        f" | {rates.bytes / 1e6:6.2f} MB/s | ETA {format_duration(eta)}"
+        f" | {rates.bytes / 1e6:6.2f} MB/s | ETA {format_duration(eta)}{tail}"
     )
 
 

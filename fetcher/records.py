@@ -39,6 +39,7 @@ class Reason(StrEnum):
     BODY_TOO_LARGE = "body_too_large"
     TRUNCATED_BODY = "truncated_body"
     HOST_UNAVAILABLE = "host_unavailable"
+    TAIL_TIMEOUT = "tail_timeout"  # given up so the tar is not held open by a slow or dead host
     # HTTP status
     HTTP_403 = "http_403"
     HTTP_404 = "http_404"

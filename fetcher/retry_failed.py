@@ -18,8 +18,9 @@ from fetcher.retry import RETRYABLE
 from storage.layout import ShardFiles
 from storage.results import BASE_SCHEMA
 
-# SHUTDOWN: rows of a tar stopped mid-way; the watchdog records its rows as TIMEOUT.
-RETRY_FAILED_REASONS = RETRYABLE | {Reason.HOST_UNAVAILABLE, Reason.SHUTDOWN}
+# SHUTDOWN: rows of a tar stopped mid-way; the watchdog records its rows as TIMEOUT; TAIL_TIMEOUT:
+# rows given up by --tail-timeout so their tar could be published.
+RETRY_FAILED_REASONS = RETRYABLE | {Reason.HOST_UNAVAILABLE, Reason.SHUTDOWN, Reason.TAIL_TIMEOUT}
 
 
 @dataclass

@@ -27,6 +27,10 @@ class RunStats:
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
     exit_code: int = 0  # 130/143 after a stop signal
+    # the tail, refreshed by the monitor: rows read and not final, age of the oldest, hosts given up
+    outstanding: int = 0
+    oldest_age: float = 0.0
+    hosts_given_up: int = 0
 
     def record(self, res: SampleResult) -> None:
         """Count one final row result."""
@@ -86,6 +90,9 @@ class RunStats:
             "tars_total": self.tars_total,
             "elapsed_seconds": round(self.elapsed, 2),
             "eta_seconds": None if eta is None else round(eta, 1),
+            "rows_outstanding": self.outstanding,
+            "oldest_row_age_seconds": round(self.oldest_age, 1),
+            "hosts_given_up": self.hosts_given_up,
             "failed_by_reason": dict(self.by_reason.most_common()),
         }
 

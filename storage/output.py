@@ -5,24 +5,27 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from fetcher.options import ConfigError, opt
 from storage.atomic import TMP_SUFFIX
 from storage.backend import Backend, is_remote, open_backend
 from storage.indexes import WidsIndex, completed, update_metadata
 from storage.layout import ShardFiles
-from storage.shard import ShardWriter
+from storage.shard import ShardWriter, open_writer
 from storage.sinks import FilesSink, ParquetSink, SampleSink
-from storage.tarwriter import TarSink
 
 OUTPUT_FORMATS = ("webdataset", "files", "parquet")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,11 +43,19 @@ class OutputOptions:
     staging_dir: str = opt(
         "--staging-dir", "", "local folder for tars being written when --output is an object store URL (default: tmp)"
     )
+    checkpoint_rows: int = opt(
+        "--checkpoint-rows", 64, "webdataset: make finished rows of an open tar durable every this many rows"
+    )
+    checkpoint_interval: float = opt(
+        "--checkpoint-interval", 1.0, "webdataset: ... or after this many seconds, whichever comes first"
+    )
     print_simpletuner_config: bool = opt(
         "--print-simpletuner-config", False, "print a SimpleTuner dataloader entry for this output and exit"
     )
 
     def validate(self) -> None:
+        if self.checkpoint_rows < 1 or self.checkpoint_interval <= 0:
+            raise ConfigError("--checkpoint-rows must be >= 1 and --checkpoint-interval > 0")
         if self.output_format not in OUTPUT_FORMATS:
             raise ConfigError(f"--output-format {self.output_format!r}: expected one of {', '.join(OUTPUT_FORMATS)}")
 
@@ -81,21 +92,25 @@ class Output:
         return index in self._done
 
     def cleanup(self, indices: list[int]) -> list[str]:
-        """Remove leftovers of an interrupted run of tars ``indices`` in the local (or staging) folder.
+        """Remove leftovers in the local (or staging) folder that belong to no open tar.
 
-        Only this run's tars: other workers sharing the folder have their own tars in progress.
-        Index temp files have unique names; those of crashed processes go once they are an hour old.
+        A tar's own temp files and checkpoint are left to whoever claims its lease next (``open_writer``):
+        another live process may be writing it. Index temp files have unique names; those of crashed
+        processes go once they are an hour old. Checkpoints of tars completed meanwhile go too.
         """
-        mine = {f"{k:05d}" for k in indices}
         removed: list[str] = []
         now = time.time()
+        for k in indices:
+            files = ShardFiles(self.local_root, k)
+            if files.is_complete() and os.path.exists(files.journal):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(files.journal)
+                removed.append(os.path.basename(files.journal))
         for name in os.listdir(self.local_root):
             if not name.endswith(TMP_SUFFIX):
                 continue
             path = os.path.join(self.local_root, name)
-            digits = re.match(r"\d{5,}", name)
-            stale_index_tmp = digits is None and now - os.path.getmtime(path) > 3600
-            if (digits is not None and digits.group(0) in mine) or stale_index_tmp:
+            if re.match(r"\d{5,}", name) is None and now - os.path.getmtime(path) > 3600:
                 if os.path.isdir(path):
                     shutil.rmtree(path, ignore_errors=True)
                 else:
@@ -107,18 +122,25 @@ class Output:
     def new_writer(self, index: int, expected: int, replace: bool = False) -> ShardWriter:
         """The writer of tar ``index``; its commit publishes tar, parquet and marker, in that order."""
         files = ShardFiles(self.local_root, index)
-        sink: SampleSink
+        make_sink: Callable[[], SampleSink] | None = None
         if self.opts.output_format == "files":
-            sink = FilesSink(files, self.save_columns)
+            make_sink = partial(FilesSink, files, self.save_columns)
         elif self.opts.output_format == "parquet":
-            sink = ParquetSink(files)
-        else:
-            sink = TarSink(files.tar)
-        return ShardWriter(
-            files, expected, self.save_columns, self.hash_column, sink=sink, publish=self._publish, replace=replace
-        )
+            make_sink = partial(ParquetSink, files)
+        return open_writer(
+            files, expected, self.save_columns, self.hash_column, make_sink=make_sink, publish=self._publish,
+            replace=replace, checkpoint=(self.opts.checkpoint_rows, self.opts.checkpoint_interval),
+        )  # fmt: skip
 
     def _publish(self, paths: list[str]) -> None:
+        if is_remote(self.url) and self.backend.exists(os.path.basename(paths[-1])):
+            # Another box published this tar meanwhile (object stores have no lease across boxes):
+            # keep its complete set rather than mixing our files with its marker.
+            logger.warning("%s is already published by another process: dropping ours", paths[-1])
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            return
         for path in paths:
             self.backend.publish(path, os.path.basename(path))
         self.update_indexes()

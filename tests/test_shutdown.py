@@ -49,10 +49,12 @@ def test_sigterm_stops_cleanly_then_resume_completes(farm: Farm, tmp_path: Path)
     code, err, waited = finish(proc, 15)
     assert code == 143, err
     last = err.strip().splitlines()[-1]
-    assert last.startswith("fetcher: stopped by SIGTERM:") and "abandoned" in last, err
+    assert last.startswith("fetcher: stopped by SIGTERM:") and "open tars checkpointed" in last, err
     assert waited < 1 + 3
-    partial = check_output(out, final=True)  # nothing half-done: no .tmp, no tar without marker
+    partial = check_output(out, final=False)  # nothing half-done under a final name
     assert len(partial) < len(urls)
+    assert not [p for p in out.iterdir() if p.suffix in (".tar", ".parquet") and p.stem not in
+                {m.name[:5] for m in out.glob("*_stats.json")}]  # fmt: skip
 
     run_fetcher(*args)
     rows = check_output(out, final=True)
@@ -71,8 +73,8 @@ def test_shutdown_timeout_abandons_hung_requests(farm: Farm, tmp_path: Path) -> 
     code, err, waited = finish(proc, 20)
     assert code == 130, err
     assert waited < 1 + 3, waited
-    assert "1 abandoned" in err.strip().splitlines()[-1], err
-    assert list(out.iterdir()) == []
+    assert "1 open tars checkpointed with 0 rows kept" in err.strip().splitlines()[-1], err
+    assert list(out.iterdir()) == []  # nothing was finished: no checkpoint, no lease, no temp tar left
 
 
 def test_second_signal_exits_at_once(farm: Farm, tmp_path: Path) -> None:

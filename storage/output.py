@@ -20,6 +20,7 @@ from fetcher.options import ConfigError, opt
 from storage.atomic import TMP_SUFFIX
 from storage.backend import Backend, is_remote, open_backend
 from storage.indexes import WidsIndex, completed, update_metadata
+from storage.journal import Lease, TarBusy
 from storage.layout import ShardFiles
 from storage.shard import ShardWriter, open_writer
 from storage.sinks import FilesSink, ParquetSink, SampleSink
@@ -95,22 +96,29 @@ class Output:
         """Remove leftovers in the local (or staging) folder that belong to no open tar.
 
         A tar's own temp files and checkpoint are left to whoever claims its lease next (``open_writer``):
-        another live process may be writing it. Index temp files have unique names; those of crashed
-        processes go once they are an hour old. Checkpoints of tars completed meanwhile go too.
+        another live process may be writing it. Index temp files have unique names; those of processes
+        that are gone (or, for another box sharing the folder, an hour old) are removed, and so are the
+        checkpoint and lease files of tars that were completed by a process killed before removing them.
         """
         removed: list[str] = []
         now = time.time()
-        for k in indices:
-            files = ShardFiles(self.local_root, k)
-            if files.is_complete() and os.path.exists(files.journal):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(files.journal)
-                removed.append(os.path.basename(files.journal))
         for name in os.listdir(self.local_root):
-            if not name.endswith(TMP_SUFFIX):
-                continue
             path = os.path.join(self.local_root, name)
-            if re.match(r"\d{5,}", name) is None and now - os.path.getmtime(path) > 3600:
+            done = re.fullmatch(r"(\d{5,})\.(journal|lease)", name)
+            if done is not None:
+                files = ShardFiles(self.local_root, int(done.group(1)))
+                if files.is_complete():
+                    with contextlib.suppress(TarBusy, OSError):
+                        lease = Lease(files.lease)
+                        lease.acquire()
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(files.journal)
+                        lease.release()
+                        removed.append(name)
+                continue
+            if not name.endswith(TMP_SUFFIX) or re.match(r"\d{5,}", name) is not None:
+                continue
+            if _writer_gone(name) or now - os.path.getmtime(path) > 3600:
                 if os.path.isdir(path):
                     shutil.rmtree(path, ignore_errors=True)
                 else:
@@ -155,6 +163,20 @@ class Output:
                 update_metadata(self.backend)
         except (OSError, ValueError) as exc:
             print(f"fetcher: warning: index update failed ({exc}); rerun `python -m fetcher metadata`", file=sys.stderr)
+
+
+def _writer_gone(name: str) -> bool:
+    """True when a ``unique_tmp`` name's process no longer runs on this box."""
+    m = re.search(r"\.(\d+)-[0-9a-f]{8}" + re.escape(TMP_SUFFIX) + "$", name)
+    if m is None:
+        return False
+    try:
+        os.kill(int(m.group(1)), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def rebuild(url: str) -> dict[str, int]:

@@ -129,7 +129,7 @@ class Pipeline:
 
     async def run(self) -> RunStats:
         """Fetch, process and write every row of the planned tars (until stopped by a signal)."""
-        self.plan.output.cleanup([t.index for t in self.plan.todo])
+        self.plan.output.cleanup()
         async with (
             HttpClient(self.cfg.http) as self.http,
             ImagingPool(self.cfg.run.worker_count, self.cfg.imaging, self.cfg.durability.worker_max_bytes) as self.pool,
@@ -299,8 +299,10 @@ class Pipeline:
                     logger.warning("skipping tar %05d: %s", tar.index, exc or "completed meanwhile")
                     self.tars_busy += 1
                     self.stats.total_rows -= tar.size
+                    self.monitor.metrics.planned_rows = self.stats.total_rows
                     continue
                 self.stats.total_rows -= writer.resumed_rows
+                self.monitor.metrics.planned_rows = self.stats.total_rows
                 self.writers[tar.index] = writer
                 if retry is not None:
                     for kept in retry.keep:

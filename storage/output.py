@@ -92,7 +92,7 @@ class Output:
             self._done = set(completed(self.backend))
         return index in self._done
 
-    def cleanup(self, indices: list[int]) -> list[str]:
+    def cleanup(self) -> list[str]:
         """Remove leftovers in the local (or staging) folder that belong to no open tar.
 
         A tar's own temp files and checkpoint are left to whoever claims its lease next (``open_writer``):

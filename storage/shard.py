@@ -85,7 +85,13 @@ def open_writer(
                 # A link, not a rename: until the new journal names the new file, the old name stays valid.
                 os.link(old, tmp)
         journal = None
+        sink: SampleSink
         if resumable and checkpoint is not None:
+            # The temp tar exists before the journal naming it is written: that write's directory
+            # fsync makes both names durable.
+            last = entries[-1] if entries else None
+            sink = TarSink(files.tar, tmp, last.offset if last else 0, last.bytes_written if last else 0,
+                           last.samples if last else 0)  # fmt: skip
             journal = Journal(files.journal, *checkpoint)
             journal.start(tmp, entries)
         else:
@@ -93,11 +99,9 @@ def open_writer(
                 os.unlink(files.journal)
         clear_leftovers(files, keep=os.path.basename(tmp))
         if make_sink is not None:
-            sink: SampleSink = make_sink()
-        else:
-            last = entries[-1] if entries else None
-            sink = TarSink(files.tar, tmp, last.offset if last else 0, last.bytes_written if last else 0,
-                           last.samples if last else 0)  # fmt: skip
+            sink = make_sink()
+        elif journal is None:
+            sink = TarSink(files.tar, tmp)
         if entries:
             logger.info("tar %05d: continuing with %d rows kept by an earlier run", files.index, len(entries))
         return ShardWriter(files, expected, save_columns, hash_column, sink=sink, publish=publish, replace=replace,

@@ -45,7 +45,7 @@ class OutputOptions:
         "--staging-dir", "", "local folder for tars being written when --output is an object store URL (default: tmp)"
     )
     checkpoint_rows: int = opt(
-        "--checkpoint-rows", 64, "webdataset: make finished rows of an open tar durable every this many rows"
+        "--checkpoint-rows", 256, "webdataset: make finished rows of an open tar durable every this many rows"
     )
     checkpoint_interval: float = opt(
         "--checkpoint-interval", 1.0, "webdataset: ... or after this many seconds, whichever comes first"

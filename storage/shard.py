@@ -60,7 +60,7 @@ def open_writer(
     make_sink: Callable[[], SampleSink] | None = None,
     publish: Publisher | None = None,
     replace: bool = False,
-    checkpoint: tuple[int, float] | None = (64, 1.0),
+    checkpoint: tuple[int, float] | None = (256, 1.0),
 ) -> ShardWriter:
     """Claim tar ``files.index`` and open its writer, continuing the checkpoint an earlier writer left.
 

@@ -87,7 +87,8 @@ def _single_tar_run(farm: Farm, tmp_path: Path, tag: str) -> tuple[list[str], li
     inp = write_urls(tmp_path / "urls.parquet", urls)
     args = ["--input", str(inp), "--output", str(tmp_path / "out"), "--samples-per-tar", "1000",
             "--allow-private-networks", "--processes", "1", "--per-host-concurrency", "1", "--image-size", "16",
-            "--checkpoint-interval", "0.2", "--shutdown-timeout", "10", "--min-free-disk", "0"]  # fmt: skip
+            "--checkpoint-rows", "64", "--checkpoint-interval", "0.2", "--shutdown-timeout", "10",
+            "--min-free-disk", "0"]  # fmt: skip
     return urls, args
 
 

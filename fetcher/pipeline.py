@@ -123,6 +123,7 @@ class Pipeline:
         self.stop_signal: signal.Signals | None = None
         self.fatal: RunAborted | None = None
         self.tars_suspended = 0
+        self.tars_dropped = 0  # open tars of an output format that cannot continue them (redone next run)
         self.tars_busy = 0
         self.kept = [0, 0]  # rows, successes of suspended tars kept in their checkpoints
         self._guards: list[asyncio.Task[None]] = []
@@ -200,8 +201,10 @@ class Pipeline:
     def _suspend(self, writer: ShardWriter) -> None:
         """Stop an unfinished tar: its checkpoint keeps every finished row for the next run."""
         del self.writers[writer.files.index]
+        resumable = writer.resumable
         rows, ok = writer.suspend()
-        self.tars_suspended += 1
+        self.tars_suspended += resumable
+        self.tars_dropped += not resumable
         self.kept[0] += rows
         self.kept[1] += ok
         for key, row in list(self._open_rows.items()):
@@ -215,10 +218,11 @@ class Pipeline:
     def summary_line(self) -> str:
         """The one line printed when a run ends early."""
         why = self.stop_signal.name if self.stop_signal else "error"
+        dropped = f"{self.tars_dropped} open tars dropped (this output format redoes them), " * bool(self.tars_dropped)
         return (
             f"fetcher: stopped by {why}: {self.stats.tars_done} tars written, {self.tars_suspended} open tars "
             f"checkpointed with {self.kept[0]} rows kept ({self.kept[1]} samples; the next run continues them), "
-            f"{self.stats.rows_done} rows done, {self.stats.ok} ok"
+            f"{dropped}{self.stats.rows_done} rows done, {self.stats.ok} ok"
         )
 
     # -- guards --------------------------------------------------------------------------------

@@ -200,6 +200,11 @@ class ShardWriter:
         if self.journal is not None and self.journal.due():
             self.checkpoint()
 
+    @property
+    def resumable(self) -> bool:
+        """True when a stop keeps this tar's finished rows for the next run (webdataset tars)."""
+        return self.journal is not None and self.sink.resumable
+
     def suspend(self) -> tuple[int, int]:
         """Stop writing this tar, keeping what is checkpointed for the next run.
 
@@ -207,7 +212,7 @@ class ShardWriter:
         """
         kept = 0
         try:
-            if self.journal is not None and self.sink.resumable:
+            if self.journal is not None and self.resumable:
                 with contextlib.suppress(OSError):  # a full disk: the last good checkpoint stands
                     self.checkpoint()
                 kept = self.journal.synced_rows

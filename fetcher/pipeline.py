@@ -211,6 +211,11 @@ class Pipeline:
             if row.tar_index == writer.files.index:
                 self._forget(key)
 
+    @property
+    def tars_abandoned(self) -> int:
+        """Open tars whose work a stop really lost (formats that cannot continue a tar)."""
+        return self.tars_dropped
+
     def _maybe_stopped(self) -> None:
         if self.stopping and not self._row_tasks:
             self._dispatcher.cancel()

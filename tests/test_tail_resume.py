@@ -125,9 +125,10 @@ def test_stop_at_half_a_tar_then_rerun_fetches_only_unfinished_rows(
     assert not kept & set(second), "rows finished before the stop were fetched again"
     assert first | set(second) == set(range(1000))
     redone = first & set(second)
-    # SIGTERM: requests in flight finish and are checkpointed. SIGKILL: those in flight (8) and those
-    # finished since the last checkpoint (every 64 rows or 0.2 s) are done again, nothing more.
-    assert len(redone) <= (0 if sig is signal.SIGTERM else 8 + 64 + 8), sorted(redone)
+    # SIGTERM: requests in flight finish and are checkpointed. SIGKILL: those in flight (8 requests, plus
+    # bodies waiting for imaging on a loaded box) and those finished since the last checkpoint (every
+    # 64 rows or 0.2 s) are done again, nothing more.
+    assert len(redone) <= (0 if sig is signal.SIGTERM else 8 + 64 + 64), sorted(redone)
     print(f"{sig.name} at {len(first)} requests: {len(kept)} rows kept, {len(second)} fetched by the rerun, "
           f"{len(redone)} of them again")  # fmt: skip
 

@@ -29,7 +29,7 @@ from fetcher.config import Config
 from fetcher.lifecycle import RunAborted, exit_code_for
 from fetcher.logs import setup_logging
 from fetcher.options import ConfigError
-from fetcher.pipeline import Pipeline, RunPlan, prepare, run
+from fetcher.pipeline import Pipeline, RunPlan, StopCounts, prepare, run, stop_line
 from fetcher.summary import RunStats
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class EngineReport:
     error: str = ""  # a RunAborted/ConfigError message
     exit_code: int = 0
     signal: int = 0  # the stop signal it got, 0 for none
-    abandoned: int = 0  # tars it left unfinished
+    stopped: StopCounts = field(default_factory=StopCounts)  # what a stop did with its open tars
 
 
 @dataclass
@@ -174,14 +174,8 @@ class Box:
         if stop is None:
             stop = next((signal.Signals(o.signal) for o in outcomes if o.signal), None)
         if stop is not None or aborted or died:
-            log.info(
-                "stopped by %s: %d tars written, %d abandoned (redone on the next run), %d rows done, %d ok",
-                stop.name if stop else "error",
-                self.stats.tars_done,
-                sum(o.abandoned for o in outcomes),
-                self.stats.rows_done,
-                self.stats.ok,
-            )
+            counts = StopCounts.sum_of([o.stopped for o in outcomes])
+            log.info("%s", stop_line(stop.name if stop else "error", self.stats, counts).removeprefix("fetcher: "))
         else:
             per_image = 1000 * self.coordinator_cpu / max(self.stats.ok, 1)
             if self.cfg.monitor.log_format == "text":  # json: the progress view already wrote the summary object
@@ -232,7 +226,7 @@ def engine_main(cfg: Config, index: int, handle: BoxHandle, conn: Connection) ->
         if pipeline is not None:
             report.stats = pipeline.stats
             report.exposition = pipeline.monitor.metrics.exposition().decode()
-            report.abandoned = pipeline.tars_abandoned
+            report.stopped = pipeline.stop_counts
             report.signal = int(pipeline.stop_signal or 0)
         with contextlib.suppress(OSError):
             conn.send(("done", report))

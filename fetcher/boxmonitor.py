@@ -29,6 +29,7 @@ _MAX = frozenset(
         "fetcher_disk_free_bytes",
         "fetcher_disk_paused",
         "fetcher_build_info",
+        "fetcher_oldest_outstanding_row_age_seconds",
     }
 )
 _MIN = frozenset({"fetcher_start_time_seconds"})

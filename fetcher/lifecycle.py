@@ -1,7 +1,8 @@
 """How a run stops: signals, the shutdown deadline, the shard watchdog, and the durability options.
 
 A first SIGTERM/SIGINT asks the pipeline to stop reading and wind down within ``--shutdown-timeout``;
-a second one exits at once (nothing half-done is ever visible: open tars are only ``.tmp`` files).
+a second one exits at once (nothing half-done is ever visible: open tars are only temp files, and
+what their journal holds is continued by the next run).
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ class DurabilityOptions:
     shutdown_timeout: float = opt(
         "--shutdown-timeout", 20.0, "seconds to finish in-flight work after SIGTERM/SIGINT before abandoning it"
     )
+    tail_timeout: float = opt(
+        "--tail-timeout",
+        0.0,
+        "once a tar is fully read and only rows on failing/slowed hosts remain, give them up after this"
+        " many seconds as tail_timeout (retryable by --retry-failed); 0 = 3 x --timeout",
+    )
     shard_watchdog: float = opt(
         "--shard-watchdog", 600.0, "fail a tar's outstanding rows as timeout after this many seconds without progress"
     )
@@ -72,6 +79,8 @@ class DurabilityOptions:
     def validate(self) -> None:
         if self.shutdown_timeout < 0:
             raise ConfigError("--shutdown-timeout must be >= 0")
+        if self.tail_timeout < 0:
+            raise ConfigError("--tail-timeout must be >= 0 (0 = 3 x --timeout)")
         if self.shard_watchdog < 0:
             raise ConfigError("--shard-watchdog must be >= 0 (0 disables it)")
         if self.disk_check_interval <= 0:
@@ -100,7 +109,8 @@ class SignalGate:
     """Installs SIGTERM/SIGINT handlers on the running loop for the life of a run.
 
     The first signal calls ``on_stop(sig)``; a second one ends the process immediately with the
-    conventional status. Open tars exist only as ``.tmp`` files, which the next run deletes.
+    conventional status. Open tars exist only as temp files; the next run continues them from their
+    last checkpoint.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -123,7 +133,7 @@ class SignalGate:
 
     def _handle(self, sig: signal.Signals) -> None:
         if self.received is not None:
-            log.warning("second %s: exiting now; incomplete tars will be redone", sig.name)
+            log.warning("second %s: exiting now; open tars continue from their last checkpoint", sig.name)
             sys.stderr.flush()
             os._exit(exit_code_for(sig))
         self.received = sig

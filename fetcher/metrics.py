@@ -120,6 +120,9 @@ class LiveSources:
     disk_paused: Callable[[], int] = lambda: 0
     store_up: Callable[[], int] = lambda: 1  # --politeness-store answering (1 without one)
     store_errors: Callable[[], int] = lambda: 0
+    outstanding_rows: Callable[[], int] = lambda: 0
+    oldest_row_age: Callable[[], float] = lambda: 0.0
+    hosts_given_up: Callable[[], int] = lambda: 0
     output_dir: str = "."
 
 
@@ -270,6 +273,13 @@ class _LiveCollector(Collector):
             ("fetcher_disk_free_bytes", "free bytes on the output filesystem", free),
             ("fetcher_disk_paused", "1 while work is paused below --min-free-disk", src.disk_paused()),
             ("fetcher_politeness_store_up", "0 while --politeness-store does not answer", src.store_up()),
+            ("fetcher_outstanding_rows", "rows read and not yet final", src.outstanding_rows()),
+            (
+                "fetcher_oldest_outstanding_row_age_seconds",
+                "seconds since the oldest outstanding row was read",
+                src.oldest_row_age(),
+            ),
+            ("fetcher_hosts_given_up", "hosts whose circuit breaker is open or dead", src.hosts_given_up()),
         )
         for gname, gdoc, gvalue in gauges:
             yield GaugeMetricFamily(gname, gdoc, value=gvalue)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -89,7 +90,19 @@ class Monitor:
         src.throttled = lambda: counters.throttled
         src.breaker_openings = lambda: counters.breaker_openings
         src.delayed_hosts = lambda: counters.delayed_hosts
+        src.hosts_given_up = lambda: scheduler.hosts_given_up
         return self
+
+    def watch_tail(self, outstanding: Callable[[], int], oldest_age: Callable[[], float]) -> None:
+        """Where the tail gauges (rows outstanding, oldest row's age) come from."""
+        self.metrics.sources.outstanding_rows = outstanding
+        self.metrics.sources.oldest_row_age = oldest_age
+
+    def refresh_tail(self) -> None:
+        """Copy the tail gauges into RunStats for the progress view."""
+        src, st = self.metrics.sources, self.stats
+        st.outstanding, st.oldest_age = src.outstanding_rows(), src.oldest_row_age()
+        st.hosts_given_up = src.hosts_given_up()
 
     async def __aenter__(self) -> Monitor:
         endpoint = self.opts.metrics_endpoint
@@ -185,4 +198,5 @@ class Monitor:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(self.progress.interval)
+            self.refresh_tail()
             self.progress.tick()

@@ -34,9 +34,13 @@ from fetcher.scheduler import Job, Scheduler
 from fetcher.summary import RunStats
 from fetcher.workers import ImagingPool
 from storage.backend import is_remote
+from storage.journal import LeaseLost, TarBusy
 from storage.layout import ShardFiles
 from storage.output import Output
-from storage.shard import ShardWriter
+from storage.shard import ShardWriter, TarDone
+
+logger = logging.getLogger(__name__)
+TICK = 0.5  # seconds between checkpoint-interval and tail-bound checks
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,31 @@ class RunPlan:
         """Counters for this plan: the rows it has to finish, the tars it covers."""
         rows = sum(len(self.retries[t.index].retry_rows) if t.index in self.retries else t.size for t in self.todo)
         return RunStats(total_rows=rows, tars_total=len(self.tars), tars_skipped=len(self.tars) - len(self.todo))
+
+
+@dataclass(frozen=True)
+class StopCounts:
+    """Open tars at a stop: checkpointed (continued by the next run) with the rows and samples they
+    keep, and dropped (formats that cannot continue a tar)."""
+
+    suspended: int = 0
+    kept_rows: int = 0
+    kept_samples: int = 0
+    dropped: int = 0
+
+    @classmethod
+    def sum_of(cls, parts: list[StopCounts]) -> StopCounts:
+        return cls(*(sum(getattr(p, f) for p in parts) for f in ("suspended", "kept_rows", "kept_samples", "dropped")))
+
+
+def stop_line(why: str, stats: RunStats, c: StopCounts) -> str:
+    """The one line a run that ends early says (one engine, or a whole box)."""
+    dropped = f"{c.dropped} open tars dropped (this output format redoes them), " * bool(c.dropped)
+    return (
+        f"fetcher: stopped by {why}: {stats.tars_done} tars written, {c.suspended} open tars checkpointed"
+        f" with {c.kept_rows} rows kept ({c.kept_samples} samples; the next run continues them), "
+        f"{dropped}{stats.rows_done} rows done, {stats.ok} ok"
+    )
 
 
 def prepare(cfg: Config) -> RunPlan:
@@ -101,20 +130,27 @@ class Pipeline:
             store = self.shared.counters
             self.monitor.metrics.sources.store_up = lambda: store.up
             self.monitor.metrics.sources.store_errors = lambda: store.errors
+        self.monitor.watch_tail(lambda: len(self._open_rows), self.oldest_row_age)
         self.writers: dict[int, ShardWriter] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._finalizers: list[asyncio.Task[None]] = []
-        self._open_rows: dict[str, InputRow] = {}  # read, not yet final: what the watchdog may fail
+        self._open_rows: dict[str, InputRow] = {}  # read, not yet final (read order: oldest first)
+        self._row_info: dict[str, tuple[str, float]] = {}  # key -> (politeness key, read time)
         self._row_tasks: dict[str, asyncio.Task[None]] = {}
+        self._tail_since: dict[int, float] = {}  # tar -> when only rows on struggling hosts were left
+        self.tail_bound = self.cfg.durability.tail_timeout or 3 * self.cfg.http.timeout
         self.stopping = False
         self.stop_signal: signal.Signals | None = None
         self.fatal: RunAborted | None = None
-        self.tars_abandoned = 0
+        self.tars_suspended = 0
+        self.tars_dropped = 0  # open tars of an output format that cannot continue them (redone next run)
+        self.tars_busy = 0
+        self.kept = [0, 0]  # rows, successes of suspended tars kept in their checkpoints
         self._guards: list[asyncio.Task[None]] = []
 
     async def run(self) -> RunStats:
         """Fetch, process and write every row of the planned tars (until stopped by a signal)."""
-        self.plan.output.cleanup([t.index for t in self.plan.todo])
+        self.plan.output.cleanup()
         async with (
             HttpClient(self.cfg.http, self.budget, self.cfg.dns, self.monitor.metrics, self.stats.dns) as http,
             ImagingPool(
@@ -131,7 +167,11 @@ class Pipeline:
             )
             self._producer = asyncio.create_task(self._produce())
             self._dispatcher = asyncio.create_task(self._dispatch())
-            guards = self._guards = [asyncio.create_task(self._watchdog()), asyncio.create_task(self._disk_monitor())]
+            guards = self._guards = [
+                asyncio.create_task(self._watchdog()),
+                asyncio.create_task(self._disk_monitor()),
+                asyncio.create_task(self._tail_guard()),
+            ]
             try:
                 with SignalGate(self.stop):
                     with contextlib.suppress(asyncio.CancelledError):
@@ -144,7 +184,7 @@ class Pipeline:
                 for g in guards:
                     g.cancel()
                 for w in list(self.writers.values()):
-                    self._abandon(w)  # left open only when stopped: never finalize half a tar
+                    self._suspend(w)  # left open only when stopped: checkpoint it, never publish half a tar
         self.stats.finished = time.monotonic()
         if self.fatal is not None:
             raise self.fatal
@@ -152,15 +192,17 @@ class Pipeline:
 
     # -- stopping ------------------------------------------------------------------------------
     def stop(self, sig: signal.Signals | None = None, timeout: float | None = None) -> None:
-        """Stop reading; tars still being read are abandoned now, the others get ``timeout`` seconds."""
+        """Stop reading and starting requests; requests in flight get ``timeout`` seconds to finish.
+
+        Queued rows stay unfinished (the next run fetches them); open tars are checkpointed at the end.
+        """
         if self.stopping:
             return
         self.stopping = True
         self.stop_signal = sig
         self._producer.cancel()
-        for w in list(self.writers.values()):
-            if not w.reading_done:
-                self._abandon(w)
+        for job in self.scheduler.drop():
+            self._forget(job.row.key)
         wait = self.cfg.durability.shutdown_timeout if timeout is None else timeout
         self._guards.append(asyncio.create_task(self._stop_after(wait)))
         self._maybe_stopped()
@@ -173,33 +215,43 @@ class Pipeline:
 
     async def _stop_after(self, wait: float) -> None:
         await asyncio.sleep(wait)
-        for w in list(self.writers.values()):
-            self._abandon(w)
+        for key in list(self._row_tasks):
+            self._forget(key)
         self._maybe_stopped()
 
-    def _abandon(self, writer: ShardWriter) -> None:
-        """Drop an unfinished tar: its .tmp goes, its in-flight rows are cancelled."""
+    def _forget(self, key: str) -> None:
+        """Leave a row unfinished in this run (cancelling its request): the next run does it."""
+        self._open_rows.pop(key, None)
+        self._row_info.pop(key, None)
+        task = self._row_tasks.pop(key, None)
+        if task is not None:
+            task.cancel()
+
+    def _suspend(self, writer: ShardWriter) -> None:
+        """Stop an unfinished tar: its checkpoint keeps every finished row for the next run."""
         del self.writers[writer.files.index]
-        writer.abort()
-        self.tars_abandoned += 1
+        resumable = writer.resumable
+        rows, ok = writer.suspend()
+        self.tars_suspended += resumable
+        self.tars_dropped += not resumable
+        self.kept[0] += rows
+        self.kept[1] += ok
         for key, row in list(self._open_rows.items()):
             if row.tar_index == writer.files.index:
-                del self._open_rows[key]
-                task = self._row_tasks.pop(key, None)
-                if task is not None:
-                    task.cancel()
+                self._forget(key)
+
+    @property
+    def stop_counts(self) -> StopCounts:
+        """What a stop did with the open tars."""
+        return StopCounts(self.tars_suspended, self.kept[0], self.kept[1], self.tars_dropped)
 
     def _maybe_stopped(self) -> None:
-        if self.stopping and not self.writers:
+        if self.stopping and not self._row_tasks:
             self._dispatcher.cancel()
 
     def summary_line(self) -> str:
         """The one line printed when a run ends early."""
-        why = self.stop_signal.name if self.stop_signal else "error"
-        return (
-            f"fetcher: stopped by {why}: {self.stats.tars_done} tars written, {self.tars_abandoned} abandoned "
-            f"(redone on the next run), {self.stats.rows_done} rows done, {self.stats.ok} ok"
-        )
+        return stop_line(self.stop_signal.name if self.stop_signal else "error", self.stats, self.stop_counts)
 
     # -- guards --------------------------------------------------------------------------------
     async def _watchdog(self) -> None:
@@ -212,16 +264,49 @@ class Pipeline:
             now = time.monotonic()
             for w in list(self.writers.values()):
                 if w.reading_done and not w.complete and now - w.last_progress > limit:
-                    self._expire(w, limit)
+                    self._give_up(w, Reason.TIMEOUT, f"shard watchdog: no progress for {limit:g}s")
 
-    def _expire(self, writer: ShardWriter, limit: float) -> None:
-        for key, row in list(self._open_rows.items()):
-            if row.tar_index != writer.files.index:
-                continue
+    def _give_up(self, writer: ShardWriter, reason: Reason, detail: str) -> None:
+        """End every outstanding row of a fully read tar with ``reason``, queued ones included."""
+        keys = {k for k, row in self._open_rows.items() if row.tar_index == writer.files.index}
+        self.scheduler.drop(keys)
+        for key in keys:
+            row = self._open_rows[key]
             task = self._row_tasks.pop(key, None)
             if task is not None:
                 task.cancel()
-            self._finish(SampleResult.failure(row, Reason.TIMEOUT, f"shard watchdog: no progress for {limit:g}s"))
+            self._finish(SampleResult.failure(row, reason, detail))
+
+    async def _tail_guard(self) -> None:
+        """Checkpoints on time, and the tail bound: once a fully read tar has only rows on struggling
+        hosts (failing, throttled, breaker open) left, they are given up after ``tail_bound`` seconds."""
+        while True:
+            await asyncio.sleep(TICK)
+            now = time.monotonic()
+            for w in list(self.writers.values()):
+                try:
+                    w.tick()
+                except OSError as exc:
+                    self._storage_failed(w, exc)
+                    continue
+                if w.reading_done and not w.complete and not self.stopping:
+                    self._check_tail(w, now)
+
+    def _check_tail(self, writer: ShardWriter, now: float) -> None:
+        index = writer.files.index
+        hosts = {self._row_info[k][0] for k, row in self._open_rows.items() if row.tar_index == index}
+        if not hosts or not all(self.scheduler.struggling(h) for h in hosts):
+            self._tail_since.pop(index, None)
+            return
+        since = self._tail_since.setdefault(index, now)
+        if now - since >= self.tail_bound:
+            detail = f"given up after {self.tail_bound:g}s with only rows on failing or slowed hosts left in the tar"
+            self._give_up(writer, Reason.TAIL_TIMEOUT, detail)
+
+    def oldest_row_age(self) -> float:
+        """Seconds since the oldest row still outstanding was read (0 when none)."""
+        first = next(iter(self._row_info.values()), None)
+        return time.monotonic() - first[1] if first is not None else 0.0
 
     async def _disk_monitor(self) -> None:
         try:
@@ -239,13 +324,23 @@ class Pipeline:
                     self._fail_run(exc)
                     return
                 retry = self.plan.retries.get(tar.index)
-                writer = self.plan.output.new_writer(tar.index, tar.size, replace=retry is not None)
+                try:
+                    writer = self.plan.output.new_writer(tar.index, tar.size, replace=retry is not None)
+                except (TarBusy, TarDone) as exc:
+                    # A duplicate process (two pods for one index) holds or finished it: don't redo its work.
+                    log.warning("skipping tar %05d: %s", tar.index, exc or "completed meanwhile")
+                    self.tars_busy += 1
+                    self.stats.total_rows -= tar.size
+                    self.monitor.metrics.planned_rows = self.stats.total_rows
+                    continue
+                self.stats.total_rows -= writer.resumed_rows
+                self.monitor.metrics.planned_rows = self.stats.total_rows
                 self.writers[tar.index] = writer
                 if retry is not None:
                     for kept in retry.keep:
                         writer.add_existing(kept.result, kept.members)
                 try:
-                    await self._read_tar(tar, retry)
+                    await self._read_tar(tar, retry, writer.done_rows)
                 except InputDataError as exc:
                     self._fail_run(exc)
                     return
@@ -256,15 +351,16 @@ class Pipeline:
             if self.hostmix.decide():
                 self.stats.notes.append(str(self.hostmix.note))
 
-    async def _read_tar(self, tar: TarPlan, retry: RetryPlan | None) -> None:
+    async def _read_tar(self, tar: TarPlan, retry: RetryPlan | None, done: set[int]) -> None:
         rows = iter_rows(
             self.plan.files, tar, self.cfg.input, self.cfg.run.samples_per_tar, self.cfg.imaging.verify_hash
         )
         for row in rows:
-            if retry is not None and row.row_in_tar not in retry.retry_rows:
-                continue
+            if (retry is not None and row.row_in_tar not in retry.retry_rows) or row.row_in_tar in done:
+                continue  # kept from the earlier run (checkpoint) or final in the tar being revisited
             self.monitor.row_read()
             self._open_rows[row.key] = row
+            self._row_info[row.key] = ("", time.monotonic())
             if row.skip_reason is not None:  # --filter / bad --key-col: recorded, never fetched
                 self._finish(SampleResult.failure(row, row.skip_reason, row.skip_detail))
                 continue
@@ -277,6 +373,7 @@ class Pipeline:
             if self.fetch.slot is None:  # local files are no host's politeness matter
                 self.hostmix.see(host)
             self.fetch.prefetch(url)  # DNS overlaps the wait for a permit instead of holding one
+            self._row_info[row.key] = (host, self._row_info[row.key][1])
             await self.scheduler.put(Job(row=row, url=url, host=host))
             self.monitor.row_scheduled()
 
@@ -286,14 +383,15 @@ class Pipeline:
                 if job.row.key in self._open_rows:
                     self._finish(self._fetch_failure(job, job.verdict))
                 continue
-            if job.row.key not in self._open_rows:
-                # Its tar was abandoned or the watchdog already failed it: release the permit only.
+            if job.row.key not in self._open_rows or self.stopping:
+                # Given up, left for the next run, or stopping: release the permit only.
                 self.scheduler.complete(job, FetchOutcome(reason=Reason.SHUTDOWN))
                 continue
             task = asyncio.create_task(self._handle(job))
             self._tasks.add(task)
             self._row_tasks[job.row.key] = task
             task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(lambda _t: self._maybe_stopped())
             await self.budget.wait_room()
             await self.disk.wait_ok()
 
@@ -344,7 +442,8 @@ class Pipeline:
     # -- results -------------------------------------------------------------------------------
     def _finish(self, res: SampleResult) -> None:
         if self._open_rows.pop(res.row.key, None) is None:
-            return  # its tar was abandoned, or the watchdog already recorded it
+            return  # left for the next run, or already given up (tail bound, watchdog)
+        self._row_info.pop(res.row.key, None)
         self._row_tasks.pop(res.row.key, None)
         writer = self.writers[res.row.tar_index]
         try:
@@ -374,6 +473,10 @@ class Pipeline:
     async def _finalize(self, writer: ShardWriter) -> None:
         try:
             await asyncio.to_thread(writer.finalize)
+        except LeaseLost as exc:
+            log.warning("tar %05d not published: %s", writer.files.index, exc)
+            writer.sink.abort()  # our temp only: the journal and lease now belong to the other writer
+            return
         except OSError as exc:
             writer.abort()
             self._storage_failed(writer, exc)

@@ -74,6 +74,7 @@ class BarField:
 # Priorities of the built-in fields; other stages' fields slot in between (higher = kept longer).
 PRIO_ROWS = 100  # never dropped: the one thing a glance must show
 PRIO_ETA = 80
+PRIO_TAIL = 75  # rows outstanding and the oldest one's age
 PRIO_IMAGES = 70
 PRIO_BAR = 50
 PRIO_OK = 40
@@ -108,6 +109,11 @@ def progress_bar(
         *extra,
         BarField(f"ETA {format_duration(eta)}", PRIO_ETA),
     ]
+    if stats.outstanding:  # the tail: an ETA from the row rate says nothing about rows stuck on a slow host
+        tail = f"{stats.outstanding} open, oldest {format_duration(stats.oldest_age)}"
+        if stats.hosts_given_up:
+            tail += f", {stats.hosts_given_up} hosts given up"
+        fields.append(BarField(tail, PRIO_TAIL))
     bar_width: int | None = width
 
     def render() -> str:

@@ -45,6 +45,7 @@ class Reason(StrEnum):
     TRUNCATED_BODY = "truncated_body"
     HTTP_PROTOCOL_ERROR = "http_protocol_error"  # not HTTP: bad status line, bad lengths, header floods
     HOST_UNAVAILABLE = "host_unavailable"
+    TAIL_TIMEOUT = "tail_timeout"  # given up so the tar is not held open by a slow or dead host
     # HTTP status
     HTTP_403 = "http_403"
     HTTP_404 = "http_404"

@@ -19,10 +19,16 @@ from storage.formats import OutputFormat
 from storage.layout import ShardFiles
 from storage.results import BASE_SCHEMA
 
-# SHUTDOWN: rows of a tar stopped mid-way; the watchdog records its rows as TIMEOUT.
+# SHUTDOWN: rows of a tar stopped mid-way; the watchdog records its rows as TIMEOUT; TAIL_TIMEOUT:
+# rows given up by --tail-timeout so their tar could be published.
 # BLOCKED_ADDRESS: refused by the address policy, which the rerun may have widened
 # (--allow-private-networks / --allow-network); re-checking costs no request when it has not.
-RETRY_FAILED_REASONS = RETRYABLE | {Reason.HOST_UNAVAILABLE, Reason.SHUTDOWN, Reason.BLOCKED_ADDRESS}
+RETRY_FAILED_REASONS = RETRYABLE | {
+    Reason.HOST_UNAVAILABLE,
+    Reason.SHUTDOWN,
+    Reason.TAIL_TIMEOUT,
+    Reason.BLOCKED_ADDRESS,
+}
 
 
 @dataclass

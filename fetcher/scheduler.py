@@ -26,7 +26,7 @@ from fetcher.hostlimits import HostLimits, SlotLimits
 from fetcher.options import ConfigError, opt
 from fetcher.records import FetchOutcome, InputRow, Reason
 from fetcher.retry import RETRYABLE, RetryPolicy
-from fetcher.slot import SlotState, Tuning
+from fetcher.slot import Breaker, SlotState, Tuning
 
 __all__ = ["RETRYABLE", "Job", "Scheduler", "SchedulerCounters", "SchedulerOptions", "host_key"]
 
@@ -54,7 +54,9 @@ class SchedulerOptions:
     max_retry_after: float = opt("--max-retry-after", 120.0, "longest Retry-After pause honoured, seconds")
     max_host_delay: float = opt("--max-host-delay", 30.0, "largest adaptive delay between requests to a host")
     breaker_threshold: int = opt(
-        "--breaker-threshold", 5, "consecutive connect failures/timeouts that open a host's breaker (0 = off)"
+        "--breaker-threshold",
+        5,
+        "consecutive connect failures/timeouts/5xx (without Retry-After) that open a host's breaker (0 = off)",
     )
     breaker_cooldown: float = opt(
         "--breaker-cooldown", 60.0, "seconds a host's breaker stays open (and rows fail fast) before a probe"
@@ -261,6 +263,43 @@ class Scheduler:
         self._wake.set()
         return final
 
+    def drop(self, keys: set[str] | None = None) -> list[Job]:
+        """Take queued jobs (all, or those of the rows named by ``keys``) out of the scheduler, unfetched.
+
+        In-flight jobs are untouched (their ``complete`` still comes). Used when rows are given up
+        (tail bound) or a stop leaves them for the next run, so no queue outlives its rows.
+        """
+
+        def hit(job: Job) -> bool:
+            return keys is None or job.row.key in keys
+
+        now = self.clock()
+        dropped: list[Job] = []
+        for slot in list(self._slots.values()):
+            if slot.queue and any(hit(j) for j in slot.queue):
+                dropped.extend(j for j in slot.queue if hit(j))
+                slot.queue = deque(j for j in slot.queue if not hit(j))
+                self._track(slot, now)
+        dropped.extend(e[2] for e in self._delayed if hit(e[2]))
+        self._delayed = [e for e in self._delayed if not hit(e[2])]
+        heapq.heapify(self._delayed)
+        dropped.extend(j for j in self._failfast if hit(j))
+        self._failfast = deque(j for j in self._failfast if not hit(j))
+        self._pending -= len(dropped)
+        self._room.set()
+        self._wake.set()
+        return dropped
+
+    def struggling(self, key: str) -> bool:
+        """True when host ``key`` is failing or slowed down (its rows are the tail a tar may give up)."""
+        slot = self._slots.get(key)
+        return slot is not None and (slot.state.failures > 0 or slot.state.is_delayed(self.clock()))
+
+    @property
+    def hosts_given_up(self) -> int:
+        """Hosts whose breaker is open or dead right now."""
+        return sum(1 for k in self._slowed if self._slots[k].state.breaker is not Breaker.CLOSED)
+
     # -- internals -----------------------------------------------------------------------------
     def _box_lease(self, slot: _Slot, now: float) -> bool:
         """Take the box-wide lease for the slot's next start; otherwise park the slot until it may."""
@@ -298,7 +337,7 @@ class Scheduler:
         until = slot.state.dead_until - self.clock()
         job.verdict = FetchOutcome(
             reason=Reason.HOST_UNAVAILABLE,
-            detail=f"host {slot.key} given up after {slot.state.failures} consecutive connect failures/timeouts"
+            detail=f"host {slot.key} given up after {slot.state.failures} consecutive connect failures/timeouts/5xx"
             f" (next probe in {max(0.0, until):.0f}s)",
         )
         self.counters.failed_fast += 1

@@ -117,11 +117,14 @@ class SlotState:
                 self.pause_until = max(self.pause_until, now + wait)
         elif outcome.ok and started >= self.raised_at:
             self.delay = self.delay * DELAY_DECAY if self.delay * DELAY_DECAY >= DELAY_FLOOR else 0.0
-        if answered:
+        # A 5xx without Retry-After says as little about recovery as a timeout: it feeds the breaker,
+        # or an always-503 host would keep getting requests (at its adaptive delay) for ever.
+        failing = outcome.http_status is not None and outcome.http_status >= 500 and outcome.retry_after is None
+        if failing or (not answered and outcome.reason in HOST_DOWN):
+            self._host_down(now, v)
+        elif answered:
             self.failures = 0
             self.breaker = Breaker.CLOSED
-        elif outcome.reason in HOST_DOWN:
-            self._host_down(now, v)
         elif self.breaker is Breaker.PROBING:
             self.breaker = Breaker.OPEN  # probe ended without news (e.g. refused URL): probe again
         return v

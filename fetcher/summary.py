@@ -30,6 +30,10 @@ class RunStats:
     exit_code: int = 0  # 130/143 after a stop signal
     notes: list[str] = field(default_factory=list)  # said at start, repeated in the summary (e.g. one-host lists)
     dns: DnsStats = field(default_factory=DnsStats)  # this process's name resolutions
+    # the tail, refreshed by the monitor: rows read and not final, age of the oldest, hosts given up
+    outstanding: int = 0
+    oldest_age: float = 0.0
+    hosts_given_up: int = 0
 
     def record(self, res: SampleResult) -> None:
         """Count one final row result."""
@@ -50,6 +54,9 @@ class RunStats:
         self.by_reason = sum((p.by_reason for p in parts), Counter())
         self.notes = list(dict.fromkeys(n for p in parts for n in p.notes))
         self.dns = DnsStats.sum_of([p.dns for p in parts])
+        self.outstanding = sum(p.outstanding for p in parts)
+        self.oldest_age = max((p.oldest_age for p in parts), default=0.0)
+        self.hosts_given_up = sum(p.hosts_given_up for p in parts)
 
     @property
     def elapsed(self) -> float:
@@ -98,6 +105,9 @@ class RunStats:
             "tars_total": self.tars_total,
             "elapsed_seconds": round(self.elapsed, 2),
             "eta_seconds": None if eta is None else round(eta, 1),
+            "rows_outstanding": self.outstanding,
+            "oldest_row_age_seconds": round(self.oldest_age, 1),
+            "hosts_given_up": self.hosts_given_up,
             "failed_by_reason": dict(self.by_reason.most_common()),
             "hints": self.hints(),
             "dns": {

@@ -110,6 +110,8 @@ class OutputFormat:
     # a local folder of image files a trainer can point at (SimpleTuner config, imagefolder)
     image_folder: bool = False
     keeps_samples: bool = True  # False: a success leaves nothing on disk (dummy), nothing to carry over
+    # an open tar continues from its checkpoint after a stop (sample-level journal); others start over
+    resumable: bool = False
 
 
 FORMATS: dict[str, OutputFormat] = {
@@ -121,6 +123,7 @@ FORMATS: dict[str, OutputFormat] = {
             lambda files, cols: TarSink(files.tar),
             tar_samples,
             indexes=frozenset({WIDS}),
+            resumable=True,
         ),
         OutputFormat(
             "files",

@@ -30,6 +30,16 @@ class ShardFiles:
         return self.stem + "_stats.json"
 
     @property
+    def journal(self) -> str:
+        """Checkpoint of the tar in progress: its finished rows and temp tar lengths (storage/journal.py)."""
+        return self.stem + ".journal"
+
+    @property
+    def lease(self) -> str:
+        """The flock'd claim of the process writing this tar."""
+        return self.stem + ".lease"
+
+    @property
     def folder(self) -> str:
         """``--output-format files``: the per-tar folder of images and captions."""
         return self.stem

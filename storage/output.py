@@ -11,15 +11,19 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from fetcher.options import ConfigError, opt
 from storage.atomic import TMP_SUFFIX
 from storage.backend import Backend, is_remote, open_backend
 from storage.formats import FORMATS, METADATA, WIDS, OutputFormat, format_help
 from storage.indexes import MANIFESTS, WidsIndex, completed, update_manifests, update_metadata
+from storage.journal import Lease, TarBusy
 from storage.layout import ShardFiles
-from storage.shard import ShardWriter
+from storage.shard import ShardWriter, open_writer
+from storage.sinks import SampleSink
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,12 @@ class OutputOptions:
     staging_dir: str = opt(
         "--staging-dir", "", "local folder for tars being written when --output is an object store URL (default: tmp)"
     )
+    checkpoint_rows: int = opt(
+        "--checkpoint-rows", 256, "webdataset: make finished rows of an open tar durable every this many rows"
+    )
+    checkpoint_interval: float = opt(
+        "--checkpoint-interval", 1.0, "webdataset: ... or after this many seconds, whichever comes first"
+    )
     print_simpletuner_config: bool = opt(
         "--print-simpletuner-config", False, "print a SimpleTuner dataloader entry for this output and exit"
     )
@@ -51,6 +61,8 @@ class OutputOptions:
         return FORMATS[self.output_format]
 
     def validate(self) -> None:
+        if self.checkpoint_rows < 1 or self.checkpoint_interval <= 0:
+            raise ConfigError("--checkpoint-rows must be >= 1 and --checkpoint-interval > 0")
         if self.output_format not in OUTPUT_FORMATS:
             raise ConfigError(f"--output-format {self.output_format!r}: expected one of {', '.join(OUTPUT_FORMATS)}")
 
@@ -86,22 +98,33 @@ class Output:
             self._done = set(completed(self.backend))
         return index in self._done
 
-    def cleanup(self, indices: list[int]) -> list[str]:
-        """Remove leftovers of an interrupted run of tars ``indices`` in the local (or staging) folder.
+    def cleanup(self) -> list[str]:
+        """Remove leftovers in the local (or staging) folder that belong to no open tar.
 
-        Only this run's tars: other workers sharing the folder have their own tars in progress.
-        Index temp files have unique names; those of crashed processes go once they are an hour old.
+        A tar's own temp files and checkpoint are left to whoever claims its lease next (``open_writer``):
+        another live process may be writing it. Index temp files have unique names; those of processes
+        that are gone (or, for another box sharing the folder, an hour old) are removed, and so are the
+        checkpoint and lease files of tars that were completed by a process killed before removing them.
         """
-        mine = {f"{k:05d}" for k in indices}
         removed: list[str] = []
         now = time.time()
         for name in os.listdir(self.local_root):
-            if not name.endswith(TMP_SUFFIX):
-                continue
             path = os.path.join(self.local_root, name)
-            digits = re.match(r"\d{5,}", name)
-            stale_index_tmp = digits is None and now - os.path.getmtime(path) > 3600
-            if (digits is not None and digits.group(0) in mine) or stale_index_tmp:
+            done = re.fullmatch(r"(\d{5,})\.(journal|lease)", name)
+            if done is not None:
+                files = ShardFiles(self.local_root, int(done.group(1)))
+                if files.is_complete():
+                    with contextlib.suppress(TarBusy, OSError):
+                        lease = Lease(files.lease)
+                        lease.acquire()
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(files.journal)
+                        lease.release()
+                        removed.append(name)
+                continue
+            if not name.endswith(TMP_SUFFIX) or re.match(r"\d{5,}", name) is not None:
+                continue
+            if _writer_gone(name) or now - os.path.getmtime(path) > 3600:
                 if os.path.isdir(path):
                     shutil.rmtree(path, ignore_errors=True)
                 else:
@@ -113,12 +136,25 @@ class Output:
     def new_writer(self, index: int, expected: int, replace: bool = False) -> ShardWriter:
         """The writer of tar ``index``; its commit publishes tar, parquet and marker, in that order."""
         files = ShardFiles(self.local_root, index)
-        sink = self.opts.format.make_sink(files, self.save_columns)
-        return ShardWriter(
-            files, expected, self.save_columns, self.hash_column, sink=sink, publish=self._publish, replace=replace
+        fmt = self.opts.format
+        # A resumable format's sink is the checkpointed tar open_writer makes; others start over.
+        make_sink: Callable[[], SampleSink] | None = (
+            None if fmt.resumable else partial(fmt.make_sink, files, self.save_columns)
         )
+        return open_writer(
+            files, expected, self.save_columns, self.hash_column, make_sink=make_sink, publish=self._publish,
+            replace=replace, checkpoint=(self.opts.checkpoint_rows, self.opts.checkpoint_interval),
+        )  # fmt: skip
 
     def _publish(self, paths: list[str]) -> None:
+        if is_remote(self.url) and self.backend.exists(os.path.basename(paths[-1])):
+            # Another box published this tar meanwhile (object stores have no lease across boxes):
+            # keep its complete set rather than mixing our files with its marker.
+            log.warning("%s is already published by another process: dropping ours", paths[-1])
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            return
         for path in paths:
             self.backend.publish(path, os.path.basename(path))
         self.update_indexes()
@@ -134,6 +170,20 @@ class Output:
                 update_manifests(self.backend)
         except (OSError, ValueError) as exc:
             log.warning("index update failed (%s); rerun `python -m fetcher metadata`", exc)
+
+
+def _writer_gone(name: str) -> bool:
+    """True when a ``unique_tmp`` name's process no longer runs on this box."""
+    m = re.search(r"\.(\d+)-[0-9a-f]{8}" + re.escape(TMP_SUFFIX) + "$", name)
+    if m is None:
+        return False
+    try:
+        os.kill(int(m.group(1)), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def rebuild(url: str) -> dict[str, int]:

@@ -120,19 +120,34 @@ def nullable_int_metadata(schema: pa.Schema) -> dict[bytes, bytes]:
     return {b"pandas": json.dumps(doc).encode()}
 
 
+def row_record(res: SampleResult, save_columns: list[str], hash_column: str | None = HASH_FIELD) -> dict[str, Any]:
+    """The full results-parquet row of one result: the record plus the saved input columns."""
+    rec = result_record(res, hash_column)
+    for col in save_columns:
+        if col not in rec:
+            rec[col] = res.row.extra.get(col)
+    return rec
+
+
 def write_results(
     path: str, results: list[SampleResult], save_columns: list[str], hash_column: str | None = HASH_FIELD
 ) -> None:
     """Write the results parquet atomically, rows sorted by key."""
-    results = sorted(results, key=lambda r: r.row.key)
-    records = [result_record(r, hash_column) for r in results]
+    write_records(path, [row_record(r, save_columns, hash_column) for r in results], save_columns, hash_column)
+
+
+def write_records(
+    path: str, records: list[dict[str, Any]], save_columns: list[str], hash_column: str | None = HASH_FIELD
+) -> None:
+    """Write rows made by ``row_record`` (possibly read back from a journal) as the results parquet."""
+    records = sorted(records, key=lambda r: str(r["key"]))
     schema = results_schema(hash_column)
-    arrays = [pa.array([rec[f.name] for rec in records], type=f.type) for f in schema]
+    arrays = [pa.array([rec.get(f.name) for rec in records], type=f.type) for f in schema]
     fields = list(schema)
     for col in save_columns:
         if col in schema.names:
             continue
-        values = [r.row.extra.get(col) for r in results]
+        values = [r.get(col) for r in records]
         try:
             arr = pa.array(values)
         except (pa.ArrowInvalid, pa.ArrowTypeError):

@@ -2,6 +2,9 @@
 
 Each sink has the TarSink interface (``add_sample``, ``commit``, ``abort``, ``outputs``,
 ``bytes_written``) so ShardWriter keeps one commit order for every ``--output-format``.
+These two are not resumable (``resumable = False``): a stopped tar of theirs is redone from scratch
+(a parquet file without its footer cannot be appended to; the files sink would need its metadata rows
+journaled too). Only the webdataset TarSink continues from a checkpoint.
 """
 
 from __future__ import annotations
@@ -33,15 +36,38 @@ class SampleSink(Protocol):
 
     bytes_written: int
     samples: int
+    resumable: bool
+    offset: int  # bytes of the temp file covered by a checkpoint (resumable sinks)
 
     @property
     def outputs(self) -> list[str]: ...
+
+    def sync(self) -> None: ...
+
+    def close(self) -> None: ...
 
     def add_sample(self, key: str, members: dict[str, bytes], res: Any = None) -> None: ...
 
     def commit(self) -> None: ...
 
     def abort(self) -> None: ...
+
+
+class _NotResumable:
+    """Mixin of the sinks that redo a stopped tar: nothing to sync, closing drops the work."""
+
+    resumable = False
+    offset = 0
+
+    def sync(self) -> None:
+        """Nothing to make durable: this sink's work is not kept across runs."""
+
+    def close(self) -> None:
+        """Stopping drops the partial output (the tar is redone)."""
+        self.abort()
+
+    def abort(self) -> None:
+        raise NotImplementedError
 
 
 def sample_fields(key: str, members: dict[str, bytes], res: SampleResult | None) -> dict[str, Any]:
@@ -76,7 +102,7 @@ def metadata_table(rows: list[dict[str, Any]], save_columns: list[str]) -> pa.Ta
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
-class FilesSink:
+class FilesSink(_NotResumable):
     """``NNNNN/{key}.{ext}`` + ``{key}.txt`` + ``{key}.json``, built in ``NNNNN.tmp/`` and renamed into
     place whole; plus ``NNNNN_metadata.parquet``, this tar's rows of the dataset-level metadata."""
 
@@ -144,7 +170,7 @@ class FilesSink:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-class ParquetSink:
+class ParquetSink(_NotResumable):
     """``NNNNN_images.parquet``: one row per saved sample with the image bytes in a column, written
     in row groups as samples arrive so memory stays flat."""
 

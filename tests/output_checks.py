@@ -88,3 +88,19 @@ def kill_tree(proc: subprocess.Popen[str], sig: int = signal.SIGKILL) -> None:
     """Signal the fetcher and its worker processes (its own process group)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
+
+
+def check_stopped_output(out: Path) -> dict[str, dict[str, Any]]:
+    """``check_output(final=True)`` for an output a graceful stop (or a fatal error) left with open tars.
+
+    Each open tar may remain only as its checkpoint: a journal and the one temp tar it names, which
+    the next run continues. No other temp file, no lease, nothing unmarked under a final name.
+    """
+    rows = check_output(out, final=False)
+    named = {json.loads(p.read_bytes().split(b"\n")[0])["tmp"] for p in out.glob("*.journal")}
+    assert {p.name for p in out.glob("*.tmp")} <= named, (sorted(p.name for p in out.glob("*.tmp")), named)
+    assert not list(out.glob("*.lease")), list(out.glob("*.lease"))
+    stems = {p.name[: -len("_stats.json")] for p in out.glob("*_stats.json")}
+    for p in [*out.glob("*.tar"), *out.glob("*.parquet")]:
+        assert p.stem in stems, f"{p.name} has no completion marker"
+    return rows

@@ -69,6 +69,7 @@ TABLE: dict[str, tuple[str, str, bool, bool, bool]] = {
     "hash_mismatch": (R, "hash_mismatch", False, False, False),
     "encode_error": (R, "encode_error", False, False, False),
     "shutdown": (D, "shutdown", False, True, False),
+    "tail_timeout": (D, "tail_timeout", False, True, False),
     "internal_error": (D, "internal_error", False, False, False),
 }
 

@@ -1,4 +1,8 @@
-"""SIGKILL at random instants, restart the same command: nothing lost, nothing duplicated."""
+"""SIGKILL at random instants, restart the same command: nothing lost, nothing duplicated.
+
+Kills must land both inside open tars (with rows already checkpointed, which the next run continues)
+and after tars were published (which the next run must skip): the test checks that both happened.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import uuid
 from pathlib import Path
 
 from fetcher.farm import Farm
+from storage.journal import Journal
 from tests.conftest import run_fetcher, write_urls
 from tests.output_checks import check_output, kill_tree, start_fetcher
 
@@ -48,7 +53,10 @@ def test_sigkill_at_random_instants_loses_and_duplicates_nothing(farm: Farm, tmp
     urls = kill_test_urls(farm, tag)
     inp = write_urls(tmp_path / "urls.parquet", urls)
     common = ["--input", str(inp), "--samples-per-tar", str(PER_TAR), "--processes", "1", "--allow-private-networks",
-              "--retries", "0", "--image-size", "32", "--min-free-disk", "0", "--concurrency", "16"]  # fmt: skip
+              "--retries", "0", "--image-size", "32", "--min-free-disk", "0", "--concurrency", "16",
+              # tars are read (and so finished) a few at a time, and open ones checkpoint often, so kills
+              # land after tars are published as well as inside open tars with checkpointed rows
+              "--read-ahead", "40", "--checkpoint-interval", "0.1", "--metrics-address", ""]  # fmt: skip
 
     ref = start_fetcher([*common, "--output", str(tmp_path / "ref")])
     wait_first_request(farm, tag, 0, ref)
@@ -63,6 +71,7 @@ def test_sigkill_at_random_instants_loses_and_duplicates_nothing(farm: Farm, tmp
     rng = random.Random(int(os.environ.get("KILL_SEED", "5")))
     kills = attempts = 0
     progress: list[int] = []
+    landed: list[tuple[int, int]] = []  # per kill: tars published by that run, rows checkpointed in open tars
     finished: list[Path] = []  # output folders the kills could not stop before they were complete
     out = tmp_path / "out0"
     while kills < KILLS and attempts < 4 * KILLS:
@@ -70,6 +79,7 @@ def test_sigkill_at_random_instants_loses_and_duplicates_nothing(farm: Farm, tmp
         # A random instant once the run is working: up to ~60 % of the time the rest would take, so
         # ten kills leave work for the next run; kills land in fetching, imaging and finalizing alike.
         remaining = ROWS - len(check_output(out, final=False)) if out.exists() else ROWS
+        markers_before = len(list(out.glob("*_stats.json")))
         seen = requests_seen(farm, tag)
         proc = start_fetcher([*common, "--output", str(out)], start_new_session=True)
         wait_first_request(farm, tag, seen, proc)
@@ -77,6 +87,9 @@ def test_sigkill_at_random_instants_loses_and_duplicates_nothing(farm: Farm, tmp
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             kills += 1
+            proc.wait(60)  # the files are now as the kill left them
+            journaled = sum(len(j.entries) for p in out.glob("*.journal") if (j := Journal.load(str(p))))
+            landed.append((len(list(out.glob("*_stats.json"))) - markers_before, journaled))
         else:
             work *= 0.7  # faster than measured (the machine's load changed): aim earlier
         proc.wait(60)
@@ -92,6 +105,8 @@ def test_sigkill_at_random_instants_loses_and_duplicates_nothing(farm: Farm, tmp
             finished.append(out)
             out = tmp_path / f"out{len(finished)}"
     assert kills >= KILLS, f"only {kills} kills landed in {attempts} attempts"
+    assert any(published for published, _ in landed), f"no kill landed after a tar was published: {landed}"
+    assert any(rows for _, rows in landed), f"no kill landed inside an open tar with checkpointed rows: {landed}"
 
     run_fetcher(*common, "--output", str(out))
     lost = duplicates = 0
@@ -103,4 +118,5 @@ def test_sigkill_at_random_instants_loses_and_duplicates_nothing(farm: Farm, tmp
         assert {r["url"] for r in rows.values() if r["status"] == "success"} == ok_reference
     assert (lost, duplicates) == (0, 0)
     print(f"kill test: rows={ROWS} x {len(finished) + 1} folders, kills={kills} attempts={attempts} "
-          f"duplicates={duplicates} lost={lost} work={work:.1f}s tars complete after each run: {progress}")  # fmt: skip
+          f"duplicates={duplicates} lost={lost} work={work:.1f}s tars complete after each run: {progress} "
+          f"(tars published, rows checkpointed) at each kill: {landed}")  # fmt: skip

@@ -18,7 +18,7 @@ import pytest
 
 from fetcher.farm import Farm
 from tests.conftest import ROOT, write_urls
-from tests.output_checks import check_output
+from tests.output_checks import check_output, check_stopped_output
 
 ROWS, PER_TAR = 60, 10
 # Reads a loopback /metrics page inside the namespace (no proxy, whatever the environment says).
@@ -64,7 +64,7 @@ def fetch_cmd(inp: Path, *extra: str) -> str:
     return '"$PY" -m fetcher ' + " ".join(args)
 
 
-def test_enospc_mid_write_leaves_no_corrupt_output_and_resume_redoes_the_tar(farm: Farm, tmp_path: Path) -> None:
+def test_enospc_mid_write_leaves_no_corrupt_output_and_resume_completes_the_tar(farm: Farm, tmp_path: Path) -> None:
     inp, urls = disk_urls(farm, tmp_path)
     run = fetch_cmd(inp, "--min-free-disk", "0", "--read-ahead", "1")
     script = f"""
@@ -79,7 +79,7 @@ cp -a "$MNT/out" "$SAVE/final"
     assert proc.returncode == 0, proc.stderr
     last = exited(saved, "full", 75)
     assert last.startswith("fetcher: error: disk full writing tar") and "No space left on device" in last
-    partial = check_output(saved / "after_full", final=True)  # no .tmp, nothing without its marker
+    partial = check_stopped_output(saved / "after_full")  # only checkpoints, nothing without its marker
     assert len(partial) < ROWS  # (tars are written concurrently: none may have finished)
 
     exited(saved, "resume", 0)
@@ -114,7 +114,7 @@ cp -a "$MNT/out" "$SAVE/final"
     saved = tmp_path / "saved"
     assert proc.returncode == 0, proc.stderr
     assert "below --min-free-disk 1950k" in exited(saved, "exit", 75)
-    before_pause = check_output(saved / "after_exit", final=True)
+    before_pause = check_stopped_output(saved / "after_exit")
     assert len(before_pause) < ROWS
 
     paused_log = (saved / "err_while_paused").read_text()

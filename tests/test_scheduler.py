@@ -106,12 +106,24 @@ def test_breaker_opens_probes_dies_and_recovers() -> None:
     assert s.breaker is Breaker.CLOSED and s.failures == 0 and s.has_room()
 
 
-def test_http_answers_reset_the_failure_count() -> None:
+@pytest.mark.parametrize("answer", [http(404), http(200), http(503, retry_after=5.0), http(429)])
+def test_http_answers_reset_the_failure_count(answer: FetchOutcome) -> None:
     s = SlotState(SlotLimits(4), Tuning(breaker_threshold=3))
     for k in range(10):
         s.start(k)
-        s.record(fail(Reason.TIMEOUT) if k % 2 else http(500), k, k)
-    assert s.breaker is Breaker.CLOSED
+        s.record(fail(Reason.TIMEOUT) if k % 2 else answer, k, k)
+    assert s.breaker is Breaker.CLOSED and s.failures <= 1
+
+
+@pytest.mark.parametrize("answer", [http(500), http(503), http(502), fail(Reason.TIMEOUT)])
+def test_timeouts_and_5xx_without_retry_after_open_the_breaker(answer: FetchOutcome) -> None:
+    # An always-503 host (no Retry-After) must stop getting requests, as a dead one does.
+    s = SlotState(SlotLimits(4), Tuning(breaker_threshold=3))
+    opened = []
+    for k in range(3):
+        s.start(k)
+        opened.append(s.record(answer, k, k).breaker_opened)
+    assert opened == [False, False, True] and s.breaker is Breaker.OPEN
 
 
 # -- retry policy --------------------------------------------------------------------------------------

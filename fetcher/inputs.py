@@ -13,6 +13,7 @@ import glob
 import io
 import json
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -164,7 +165,8 @@ def open_source(path: str, fmt: str, count_column: str) -> Source:
         if not names:
             return Source(path, fmt, 0, names)
         return Source(path, fmt, _count_rows(path, fmt, count_column if count_column in names else names[0]), names)
-    except (OSError, pa.ArrowException, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, EOFError, zlib.error, pa.ArrowException, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # EOFError: a cut .gz ("Compressed file ended before the end-of-stream marker was reached")
         raise ConfigError(f"--input {path}: not a readable {fmt} file ({_one_line(exc)})") from None
 
 

@@ -49,7 +49,11 @@ def prepare(cfg: Config) -> RunPlan:
     files = open_inputs(cfg.run.input, cfg.input, cfg.imaging.verify_hash)
     total = sum(f.num_rows for f in files)
     tars = plan_tars(total, cfg.run.samples_per_tar, cfg.run.shard_pair)
-    output = Output(cfg.run.output, cfg.output, cfg.input.save_list, cfg.imaging.hash_column)
+    try:
+        output = Output(cfg.run.output, cfg.output, cfg.input.save_list, cfg.imaging.hash_column)
+    except OSError as exc:  # /proc/x, an existing file, no permission: a bad --output, not a crash
+        why = exc.strerror or exc
+        raise ConfigError(f"--output {cfg.run.output}: cannot use it as the output folder ({why})") from None
     if cfg.durability.retry_failed and (cfg.output.output_format != "webdataset" or is_remote(cfg.run.output)):
         raise ConfigError("--retry-failed rewrites tars in a local folder: use it with --output-format webdataset")
     todo: list[TarPlan] = []
@@ -234,7 +238,11 @@ class Pipeline:
                     self._fail_run(exc)
                     return
                 retry = self.plan.retries.get(tar.index)
-                writer = self.plan.output.new_writer(tar.index, tar.size, replace=retry is not None)
+                try:
+                    writer = self.plan.output.new_writer(tar.index, tar.size, replace=retry is not None)
+                except OSError as exc:  # read-only folder, no inodes left: one line, exit 75
+                    self._fail_run(_storage_error(exc, f"creating tar {tar.index:05d} in {self.cfg.run.output}"))
+                    return
                 self.writers[tar.index] = writer
                 if retry is not None:
                     for kept in retry.keep:
@@ -348,12 +356,7 @@ class Pipeline:
         self._maybe_finalize(writer)
 
     def _storage_failed(self, writer: ShardWriter, exc: OSError) -> None:
-        where = f"writing tar {writer.files.index:05d} in {self.cfg.run.output}"
-        if is_disk_full(exc):
-            self._fail_run(DiskFull(f"disk full {where} ({exc.strerror}); nothing half-written was kept, "
-                                    "rerun the same command to resume"))  # fmt: skip
-        else:
-            self._fail_run(RunAborted(f"I/O error {where}: {exc}; rerun the same command to resume"))
+        self._fail_run(_storage_error(exc, f"writing tar {writer.files.index:05d} in {self.cfg.run.output}"))
 
     def _maybe_finalize(self, writer: ShardWriter) -> None:
         if not writer.complete or self.writers.get(writer.files.index) is not writer:
@@ -370,6 +373,13 @@ class Pipeline:
             self._storage_failed(writer, exc)
             return
         self.monitor.tar_done()
+
+
+def _storage_error(exc: OSError, where: str) -> RunAborted:
+    if is_disk_full(exc):  # ENOSPC covers both bytes and inodes
+        return DiskFull(f"disk full {where} ({exc.strerror}); nothing half-written was kept, "
+                        "rerun the same command to resume")  # fmt: skip
+    return RunAborted(f"I/O error {where}: {exc}; rerun the same command to resume")
 
 
 def run(cfg: Config) -> RunStats:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import io
+import json
 import tempfile
 import uuid
 from pathlib import Path
@@ -70,7 +72,7 @@ def test_hostile_images_are_named_failures_with_bounded_worker_memory(farm: Farm
     tag = uuid.uuid4().hex[:8]
     cases = {
         "/img/small.jpg": None,
-        "/cut/medium.jpg": "decode_error",
+        "/cut/medium.jpg": "truncated_image",
         "/notimage": "not_an_image",
         "/pixel-bomb/9000x9000.png": "decompression_bomb",  # passes the pixel check, not the memory cap
         "/pixel-bomb/12000x12000.png": "decompression_bomb",  # refused by the pixel check before decoding
@@ -186,3 +188,50 @@ def test_empty_and_tiny_bodies(size: tuple[int, int]) -> None:
     data = b"" if size == (0, 0) else _seed(1, 1, "PNG")
     out = process_image(data, _FUZZ_OPTS)
     assert out.ok or out.reason is not None
+
+
+# -- one-line errors for broken inputs and unusable outputs (issue 14.7) ------------------------------
+
+
+def _one_line_error(proc: Any, code: int, *needles: str) -> None:
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("fetcher: error: "), proc.stderr
+    for needle in needles:
+        assert needle in last, proc.stderr
+
+
+@pytest.mark.parametrize("name", ["urls.txt.gz", "urls.jsonl.gz", "urls.csv.gz"])
+def test_cut_gzip_input_is_a_one_line_error(tmp_path: Path, name: str) -> None:
+    rows = [f"http://127.0.0.2:9/{i}.jpg" for i in range(3000)]
+    if name.startswith("urls.jsonl"):
+        text = "".join(json.dumps({"url": u, "caption": "c"}) + "\n" for u in rows)
+    elif name.startswith("urls.csv"):
+        text = "url,caption\n" + "".join(f"{u},c\n" for u in rows)
+    else:
+        text = "".join(u + "\n" for u in rows)
+    packed = gzip.compress(text.encode())
+    path = tmp_path / name
+    path.write_bytes(packed[: len(packed) // 2])  # cut mid-stream, as an interrupted copy leaves it
+    proc = run_fetcher("--input", str(path), "--output", str(tmp_path / "out"), check=False)
+    _one_line_error(proc, 2, str(path))
+
+
+def test_duplicate_url_column_is_a_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "dup.parquet"
+    cols = [pa.array(["http://127.0.0.2:9/a"]), pa.array(["http://127.0.0.2:9/b"]), pa.array(["c"])]
+    pq.write_table(pa.Table.from_arrays(cols, names=["url", "url", "caption"]), path)
+    proc = run_fetcher("--input", str(path), "--output", str(tmp_path / "out"), check=False)
+    _one_line_error(proc, 2, str(path), "'url'", "2 times")
+
+
+@pytest.mark.parametrize(("output", "code"), [("/proc/x", 2), ("FILE", 2), ("/proc/self", 75)])
+def test_unusable_output_is_a_one_line_error(tmp_path: Path, output: str, code: int) -> None:
+    # /proc/x cannot be created, FILE is an existing file, /proc/self is a folder nobody can write in.
+    if output == "FILE":
+        output = str(tmp_path / "a-file")
+        Path(output).write_text("x")
+    inp = write_urls(tmp_path / "urls.parquet", ["http://127.0.0.2:9/a.jpg"])
+    proc = run_fetcher("--input", str(inp), "--output", output, "--min-free-disk", "0", check=False)
+    _one_line_error(proc, code, output)

@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 from PIL import Image
 
+from fetcher.farm.bombs import bomb_routes
 from fetcher.farm.images import CATALOGUE, CONTENT_TYPES, catalogue_image, make_image
 
 
@@ -251,6 +252,7 @@ def make_app(state: FarmState | None = None, extra_routes: Iterable[web.RouteDef
             web.get(r"/flaky/{n:\d+}/{name}", flaky),
             web.get("/cut/{name}", cut),
             web.get(r"/pixel-bomb/{w:\d+}x{h:\d+}.png", pixel_bomb),
+            *bomb_routes(),
             *extra_routes,
         ]
     )

@@ -235,3 +235,47 @@ def test_unusable_output_is_a_one_line_error(tmp_path: Path, output: str, code: 
     inp = write_urls(tmp_path / "urls.parquet", ["http://127.0.0.2:9/a.jpg"])
     proc = run_fetcher("--input", str(inp), "--output", output, "--min-free-disk", "0", check=False)
     _one_line_error(proc, code, output)
+
+
+# -- invalid UTF-8 costs a value, never the file (issue 14.8) ----------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "txt"])
+def test_invalid_utf8_costs_at_most_its_row(farm: Farm, tmp_path: Path, fmt: str) -> None:
+    n, bad = 24, 17
+    urls = [farm.url(f"/img/small.jpg?u8={fmt}{i}") for i in range(n)]
+    lines = []
+    for i, u in enumerate(urls):
+        junk = b"\xff\xfe" if i == bad else b""
+        if fmt == "csv":
+            lines.append(u.encode() + b",cap " + str(i).encode() + junk)
+        elif fmt == "jsonl":
+            lines.append(b'{"url": "' + u.encode() + b'", "caption": "cap ' + str(i).encode() + junk + b'"}')
+        else:
+            lines.append(u.encode() + junk)  # in a URL list the bad bytes sit in the URL itself
+    path = tmp_path / f"urls.{fmt}"
+    path.write_bytes((b"url,caption\n" if fmt == "csv" else b"") + b"\n".join(lines) + b"\n")
+    out = tmp_path / "out"
+    proc = run_fetcher("--input", str(path), "--output", str(out), "--allow-private-networks", "--processes", "1",
+                       "--samples-per-tar", "10")  # fmt: skip
+    assert "not UTF-8" in proc.stderr  # the replacement is counted in the log, not silent
+    rows = sorted(results_table(out).to_pylist(), key=lambda r: r["key"])
+    assert len(rows) == n
+    for i, row in enumerate(rows):
+        if fmt == "txt" and i == bad:  # the URL's bad bytes are replaced: fetched as such, or a named failure
+            assert row["status"] == "success" or row["error_message"] in REASONS, row
+        else:
+            assert row["status"] == "success", row
+    if fmt != "txt":
+        assert rows[bad]["caption"] == f"cap {bad}\ufffd\ufffd"
+
+
+def test_jsonl_columns_come_from_every_line(farm: Farm, tmp_path: Path) -> None:
+    url = farm.url("/img/small.jpg?late-columns=1")
+    path = tmp_path / "urls.jsonl"
+    path.write_text(json.dumps({"url": url}) + "\n" + json.dumps({"url": url, "caption": "late", "score": 5}) + "\n")
+    out = tmp_path / "out"
+    run_fetcher("--input", str(path), "--output", str(out), "--allow-private-networks", "--processes", "1",
+                "--save-columns", "score")  # fmt: skip
+    rows = sorted(results_table(out).to_pylist(), key=lambda r: r["key"])
+    assert [(r["caption"], r["score"]) for r in rows] == [(None, None), ("late", 5)]

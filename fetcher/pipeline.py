@@ -23,6 +23,7 @@ from fetcher.options import ConfigError
 from fetcher.reader import InputDataError, InputFile, TarPlan, iter_rows, open_inputs, plan_tars
 from fetcher.records import FetchOutcome, InputRow, Reason, SampleResult, Status
 from fetcher.retry_failed import RetryPlan, plan_retry
+from fetcher.runrecord import claim_output
 from fetcher.scheduler import Job, Scheduler
 from fetcher.summary import RunStats
 from fetcher.workers import ImagingPool
@@ -56,6 +57,7 @@ def prepare(cfg: Config) -> RunPlan:
         raise ConfigError(f"--output {cfg.run.output}: cannot use it as the output folder ({why})") from None
     if cfg.durability.retry_failed and (cfg.output.output_format != "webdataset" or is_remote(cfg.run.output)):
         raise ConfigError("--retry-failed rewrites tars in a local folder: use it with --output-format webdataset")
+    claim_output(cfg, files, output)  # a rerun that would make other tars stops here (storage.manifest)
     todo: list[TarPlan] = []
     retries: dict[int, RetryPlan] = {}
     for t in tars:

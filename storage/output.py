@@ -40,6 +40,11 @@ class OutputOptions:
     staging_dir: str = opt(
         "--staging-dir", "", "local folder for tars being written when --output is an object store URL (default: tmp)"
     )
+    new_run: bool = opt(
+        "--new-run",
+        False,
+        "start over in an --output whose run record (_fetcher_run.json) differs; it must hold nothing else",
+    )
     print_simpletuner_config: bool = opt(
         "--print-simpletuner-config", False, "print a SimpleTuner dataloader entry for this output and exit"
     )

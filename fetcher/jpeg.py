@@ -126,8 +126,6 @@ def too_complex(data: bytes, cpu_budget: float, max_scans: int = MAX_SCANS) -> s
     unless the file may hold many scans.
     """
     head = walk_scans(data, max_scans, headers_only=True)
-    if not head.progressive:
-        return None  # sequential scans each cover a component once: cost follows the file size
     # Fast upper bound first (C-speed count; SOS bytes can also sit in metadata, never in entropy data).
     marks = data.count(b"\xff\xda")
     upper = marks * sum(head.blocks.values()) / BLOCK_SCANS_PER_SECOND
@@ -135,13 +133,33 @@ def too_complex(data: bytes, cpu_budget: float, max_scans: int = MAX_SCANS) -> s
         return None
     rep = walk_scans(data, max_scans)
     if rep.scans > max_scans:
-        return f"progressive JPEG with over {max_scans} scans"
+        return f"JPEG with over {max_scans} scans"
     if cpu_budget and rep.estimated_cpu_s > cpu_budget:
         return (
-            f"progressive JPEG: {rep.scans} scans over {rep.block_scans} blocks, "
+            f"JPEG: {rep.scans} scans over {rep.block_scans} blocks, "
             f"~{rep.estimated_cpu_s:.1f}s CPU estimated (--image-cpu-budget {cpu_budget:g})"
         )
     return None
+
+
+# libjpeg warnings that mean missing or garbled pixels. Others are harmless for the pixels ("unknown
+# JFIF revision", "bad ICC marker", a few padding bytes before EOI that some encoders write): for those
+# the image is decoded again leniently rather than lost.
+_DAMAGE = re.compile(
+    r"^(Premature end of JPEG file"
+    r"|Corrupt JPEG data: (premature end of data segment|bad Huffman code|found marker|bad arithmetic code)"
+    r"|Inconsistent progression sequence|Invalid progressive parameters)",
+    re.IGNORECASE,
+)
+_EXTRANEOUS = re.compile(r"Corrupt JPEG data: (\d+) extraneous bytes before marker 0x(\w\w)", re.IGNORECASE)
+_PADDING_BYTES = 64  # junk before EOI up to this is padding; a desynced decode leaves far more
+
+
+def _damaged(text: str) -> bool:
+    if _DAMAGE.match(text):
+        return True
+    m = _EXTRANEOUS.match(text)
+    return m is not None and (m.group(2).lower() != "d9" or int(m.group(1)) > _PADDING_BYTES)
 
 
 def decode(data: bytes, mode: str, min_size: tuple[int, int] = (0, 0), scale: int = 1) -> Image.Image:
@@ -150,26 +168,27 @@ def decode(data: bytes, mode: str, min_size: tuple[int, int] = (0, 0), scale: in
     RGBX is Pillow's own layout of RGB pixels, so the decoded buffer is mapped, not copied (the
     caller drops the pad byte after resizing). ``scale`` is a power of two (as Pillow's ``draft``
     picks): libjpeg-turbo's other M/8 factors have no SIMD code. Raises JpegDamaged on truncated or
-    corrupt data.
+    corrupt data (ValueError when it is no JPEG at all).
     """
     import simplejpeg
 
     w, h = min_size
     grey = mode == "L"
+    args = {
+        "colorspace": "GRAY" if grey else "RGBX",
+        "min_width": math.ceil(w / scale) if w else 0,
+        "min_height": math.ceil(h / scale) if h else 0,
+    }
     try:
-        arr = simplejpeg.decode_jpeg(
-            data,
-            colorspace="GRAY" if grey else "RGBX",
-            min_width=math.ceil(w / scale) if w else 0,
-            min_height=math.ceil(h / scale) if h else 0,
-            strict=True,
-        )
+        arr = simplejpeg.decode_jpeg(data, strict=True, **args)
     except ValueError as exc:
         text = str(exc)
-        # "Premature end of JPEG file": the file stops early. "Corrupt JPEG data: ..." (including a
-        # "premature end of data segment" when a header claims more rows than the data holds) is
-        # damage, not truncation.
-        raise JpegDamaged(text, truncated=text.lower().startswith("premature end of jpeg file")) from None
+        if _damaged(text):
+            # "Premature end of JPEG file": the file stops early. "Corrupt JPEG data: ..." (including
+            # a "premature end of data segment" when a header claims more rows than the data holds)
+            # is damage, not truncation.
+            raise JpegDamaged(text, truncated=text.lower().startswith("premature end of jpeg file")) from None
+        arr = simplejpeg.decode_jpeg(data, strict=False, **args)
     height, width = arr.shape[:2]
     out = "L" if grey else "RGBX"
     return Image.frombuffer(out, (width, height), arr, "raw", out, 0, 1)

@@ -87,3 +87,14 @@ def test_pillow_decodes_stop_at_the_cpu_budget() -> None:
 def test_header_lie_is_not_a_padded_success() -> None:
     out = process_image(header_lie(1280, 960), ImageOptions())
     assert out.reason is Reason.DECODE_ERROR and "premature end of data segment" in out.detail, out
+
+
+def test_harmless_libjpeg_warnings_keep_the_image() -> None:
+    # A few padding bytes before EOI (some encoders write them) warn in libjpeg but lose no pixel;
+    # the same junk in bulk means the decoder lost its place: damaged.
+    good = header_lie(320, 240)  # claims exactly what it holds: a valid JPEG
+    assert process_image(good, ImageOptions()).ok
+    padded = good[:-2] + b"\x00" * 8 + b"\xff\xd9"
+    assert process_image(padded, ImageOptions()).ok
+    junk = good[:-2] + b"\x00" * 4000 + b"\xff\xd9"
+    assert process_image(junk, ImageOptions()).reason is Reason.DECODE_ERROR

@@ -7,6 +7,9 @@ holding memory and CPU. On Linux each helper asks the kernel for SIGKILL when it
 forkserver dies; the resource tracker then sees its pipe close and exits by itself. Every helper
 carries the owner's pid in its environment (``FETCHER_OWNER_PID``), which closes the race of an
 owner that died before the request was made, and lets tests find a run's processes in /proc.
+
+The kernel sends the signal when the parent *thread* exits: pools must be started from a thread
+that lives as long as they do (the event loop's), as ImagingPool is.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ DRAFT_MARGIN x the target for one Lanczos pass (box-reduced first only when the 
 >= 2 * REDUCING_GAP, as for large PNG/WebP sources); rotation for EXIF orientation is
 applied to the small result, not the large decode.
 
-JPEGs in RGB or greyscale are decoded by libjpeg-turbo in strict mode (:mod:`fetcher.jpeg`), so a
+JPEGs (RGB, greyscale, CMYK) are decoded by libjpeg-turbo in strict mode (:mod:`fetcher.jpeg`), so a
 header that claims more rows than the data holds, or corrupt entropy data, is a failure instead of
 a grey-padded success.
 
@@ -433,8 +433,7 @@ def _render_outcome(data: bytes, op: _Opened, opts: ImageOptions) -> ImageOutcom
 
 
 def _strict_jpeg(op: _Opened) -> bool:
-    # CMYK/YCCK JPEGs stay with Pillow (it applies the Adobe inversion); they are decoded leniently.
-    return op.format == "JPEG" and op.img.mode in ("RGB", "L") and bool(op.data)
+    return op.format == "JPEG" and op.img.mode in ("RGB", "L", "CMYK") and bool(op.data)
 
 
 def _load_checked(op: _Opened) -> None:

@@ -162,20 +162,26 @@ def _damaged(text: str) -> bool:
     return m is not None and (m.group(2).lower() != "d9" or int(m.group(1)) > _PADDING_BYTES)
 
 
+# Pillow mode of the JPEG -> (mode of the decoded image, simplejpeg colorspace, Pillow raw mode)
+_MODES = {"L": ("L", "GRAY", "L"), "RGB": ("RGBX", "RGBX", "RGBX"), "CMYK": ("CMYK", "CMYK", "CMYK;I")}
+
+
 def decode(data: bytes, mode: str, min_size: tuple[int, int] = (0, 0), scale: int = 1) -> Image.Image:
-    """Decode ``data`` strictly, DCT-scaled by ``1/scale``: "L" for greyscale ``mode``, else "RGBX".
+    """Decode ``data`` strictly, DCT-scaled by ``1/scale``, as Pillow's image ``mode`` would be
+    ("L", "CMYK"), except RGB which comes as "RGBX".
 
     RGBX is Pillow's own layout of RGB pixels, so the decoded buffer is mapped, not copied (the
-    caller drops the pad byte after resizing). ``scale`` is a power of two (as Pillow's ``draft``
+    caller drops the pad byte after resizing). CMYK (and YCCK, which libjpeg turns into CMYK) is
+    read with Adobe's inverted polarity, as Pillow does. ``scale`` is a power of two (as Pillow's ``draft``
     picks): libjpeg-turbo's other M/8 factors have no SIMD code. Raises JpegDamaged on truncated or
     corrupt data (ValueError when it is no JPEG at all).
     """
     import simplejpeg
 
     w, h = min_size
-    grey = mode == "L"
+    out, colorspace, rawmode = _MODES.get(mode, _MODES["RGB"])
     args = {
-        "colorspace": "GRAY" if grey else "RGBX",
+        "colorspace": colorspace,
         "min_width": math.ceil(w / scale) if w else 0,
         "min_height": math.ceil(h / scale) if h else 0,
     }
@@ -190,5 +196,4 @@ def decode(data: bytes, mode: str, min_size: tuple[int, int] = (0, 0), scale: in
             raise JpegDamaged(text, truncated=text.lower().startswith("premature end of jpeg file")) from None
         arr = simplejpeg.decode_jpeg(data, strict=False, **args)
     height, width = arr.shape[:2]
-    out = "L" if grey else "RGBX"
-    return Image.frombuffer(out, (width, height), arr, "raw", out, 0, 1)
+    return Image.frombuffer(out, (width, height), arr, "raw", rawmode, 0, 1)

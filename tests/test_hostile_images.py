@@ -7,8 +7,11 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+
 from fetcher.farm import Farm
-from fetcher.farm.bombs import header_lie, pixel_bomb, scan_bomb
+from fetcher.farm.bombs import header_lie, patch_sof, pixel_bomb, scan_bomb
+from fetcher.farm.images import make_image
 from fetcher.imaging import ImageOptions, process_image
 from fetcher.jpeg import walk_scans
 from fetcher.records import Reason
@@ -84,8 +87,10 @@ def test_pillow_decodes_stop_at_the_cpu_budget() -> None:
     assert process_image(bomb, ImageOptions(max_image_pixels=10**9)).ok  # the default budget lets it through
 
 
-def test_header_lie_is_not_a_padded_success() -> None:
-    out = process_image(header_lie(1280, 960), ImageOptions())
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+def test_header_lie_is_not_a_padded_success(mode: str) -> None:
+    lie = patch_sof(make_image(320, 240, "jpeg", mode=mode), 1280, 960)
+    out = process_image(lie, ImageOptions())
     assert out.reason is Reason.DECODE_ERROR and "premature end of data segment" in out.detail, out
 
 

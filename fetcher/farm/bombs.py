@@ -46,7 +46,8 @@ def scan_bomb(w: int, h: int, scans: int) -> bytes:
     return body + body[last:] * max(0, scans - data.count(b"\xff\xda")) + b"\xff\xd9"
 
 
-def _patch_sof(data: bytes, w: int, h: int) -> bytes:
+def patch_sof(data: bytes, w: int, h: int) -> bytes:
+    """``data`` (a JPEG) with its frame header claiming ``w`` x ``h``."""
     out = bytearray(data)
     sof = re.search(rb"\xff[\xc0-\xc2]", data)
     assert sof is not None
@@ -60,7 +61,7 @@ def pixel_bomb(w: int, h: int, ext: str) -> bytes:
     if ext == "png":
         return _save(Image.new("1", (w, h)), "PNG")
     if ext == "jpg":
-        return _patch_sof(_save(_picture(64, 64), "JPEG"), w, h)
+        return patch_sof(_save(_picture(64, 64), "JPEG"), w, h)
     # GIF: a tiny frame on a huge logical screen (the screen size is what Pillow reports).
     data = bytearray(_save(Image.new("P", (8, 8)), "GIF"))
     struct.pack_into("<HH", data, 6, w, h)
@@ -70,7 +71,7 @@ def pixel_bomb(w: int, h: int, ext: str) -> bytes:
 @lru_cache(maxsize=4)
 def header_lie(w: int, h: int) -> bytes:
     """320x240 of entropy data under a frame header that claims ``w`` x ``h``."""
-    return _patch_sof(_save(_picture(320, 240), "JPEG", quality=90), w, h)
+    return patch_sof(_save(_picture(320, 240), "JPEG", quality=90), w, h)
 
 
 @lru_cache(maxsize=1)

@@ -12,7 +12,7 @@ from fetcher.inputs import is_url
 from fetcher.lifecycle import RunAborted
 from fetcher.options import ConfigError
 from fetcher.reader import InputFile
-from storage.manifest import RunMismatch, RunRecord, claim
+from storage.manifest import ADOPTED, RunMismatch, RunRecord, claim
 from storage.output import Output
 
 logger = logging.getLogger(__name__)
@@ -59,4 +59,4 @@ def claim_output(cfg: Config, files: list[InputFile], output: Output) -> None:
         raise ConfigError(str(exc)) from None
     except OSError as exc:
         raise RunAborted(f"I/O error writing the run record in {cfg.run.output}: {exc}") from None
-    logger.info("%s: %s", cfg.run.output, done)
+    logger.log(logging.WARNING if done == ADOPTED else logging.INFO, "%s: %s", cfg.run.output, done)

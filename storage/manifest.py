@@ -25,6 +25,8 @@ from storage.backend import Backend, LocalBackend, unique_tmp
 
 RUN_FILE = "_fetcher_run.json"
 VERSION = 1
+# What claim() says when it adopts a folder written before run records existed (worth a warning).
+ADOPTED = "output written without a run record (older fetcher?): assumed to match, recorded this run"
 
 
 class RunMismatch(Exception):
@@ -112,7 +114,7 @@ def claim(backend: Backend, record: RunRecord, new_run: bool = False) -> str:
     if names and new_run:
         raise RunMismatch(f"--new-run: --output {where} is not empty ({_short(names)}); use an empty or new folder")
     if _create(backend, record.to_bytes()):
-        return "legacy output: recorded this run" if names else "new output: recorded this run"
+        return ADOPTED if names else "new output: recorded this run"
     return claim(backend, record, new_run=False)  # another worker wrote it first: compare with theirs
 
 

@@ -105,3 +105,13 @@ def test_unreadable_record_is_refused(tmp_path: Path) -> None:
     (out / RUN_FILE).write_text("{not json")
     code, err = _fetch(inp, out, check=False)
     assert code == 2 and RUN_FILE in err.strip().splitlines()[-1], err
+
+
+def test_output_without_a_record_is_adopted_with_a_warning(farm: Farm, tmp_path: Path) -> None:
+    inp = write_urls(tmp_path / "urls.parquet", _urls(farm, 4, "legacy"))
+    out = tmp_path / "out"
+    _fetch(inp, out, "--samples-per-tar", "2")
+    (out / RUN_FILE).unlink()  # as an output written before run records existed
+    code, err = _fetch(inp, out, "--samples-per-tar", "2")
+    assert code == 0 and "without a run record" in err, err
+    assert json.loads((out / RUN_FILE).read_bytes())["inputs"][0]["rows"] == 4

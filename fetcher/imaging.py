@@ -5,7 +5,7 @@ Pure functions with no shared state, so they run unchanged in worker processes a
 The order of work is chosen so that no CPU is spent on an image that will be refused: hash check on
 the bytes, then format, bomb and size/aspect filters on the header alone, and only then pixels.
 The decode/resize path was chosen by measurement (``python -m bench imaging``, variants table):
-JPEGs are decoded DCT-scaled (``Image.draft``) at the smallest 1/2^k scale that still leaves
+JPEGs are decoded DCT-scaled (as ``Image.draft`` would) at the smallest 1/2^k scale that still leaves
 DRAFT_MARGIN x the target for one Lanczos pass (box-reduced first only when the ratio is still
 >= 2 * REDUCING_GAP, as for large PNG/WebP sources); rotation for EXIF orientation is
 applied to the small result, not the large decode.
@@ -439,7 +439,8 @@ def _strict_jpeg(op: _Opened) -> bool:
 def _load_checked(op: _Opened) -> None:
     if _strict_jpeg(op):
         jpeg.decode(op.data, op.img.mode, (1, 1))  # 1/8 scale: the whole entropy stream, few pixels
-    op.img.load()
+    else:
+        op.img.load()
 
 
 def _draft_scale(size: tuple[int, int], wanted: tuple[int, int]) -> int:

@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     except RunAborted as exc:
         print(f"fetcher: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        # Last line of defence: whatever file operation failed, one line naming it, never a traceback.
+        print(f"fetcher: error: I/O error: {exc}", file=sys.stderr)
+        return 75
     except KeyboardInterrupt:
         print("fetcher: interrupted; incomplete tars will be redone on the next run", file=sys.stderr)
         return 130

@@ -5,10 +5,20 @@ Pure functions with no shared state, so they run unchanged in worker processes a
 The order of work is chosen so that no CPU is spent on an image that will be refused: hash check on
 the bytes, then format, bomb and size/aspect filters on the header alone, and only then pixels.
 The decode/resize path was chosen by measurement (``python -m bench imaging``, variants table):
-JPEGs are decoded DCT-scaled (``Image.draft``) at the smallest 1/2^k scale that still leaves
+JPEGs are decoded DCT-scaled (as ``Image.draft`` would) at the smallest 1/2^k scale that still leaves
 DRAFT_MARGIN x the target for one Lanczos pass (box-reduced first only when the ratio is still
 >= 2 * REDUCING_GAP, as for large PNG/WebP sources); rotation for EXIF orientation is
 applied to the small result, not the large decode.
+
+JPEGs (RGB, greyscale, CMYK) are decoded by libjpeg-turbo in strict mode (:mod:`fetcher.jpeg`), so a
+header that claims more rows than the data holds, or corrupt entropy data, is a failure instead of
+a grey-padded success.
+
+CPU budget (``--image-cpu-budget``), per image and per thread, with no signal and no process kill,
+so it works the same in a worker pool and in threads of an engine process: progressive JPEGs are
+refused before decoding when their scans would cost too much (scan count and a block-scan estimate
+from the marker walk); Pillow decodes read their bytes through a reader that checks this thread's
+CPU clock at every block read, and the clock is checked again between decode, resize and encode.
 """
 
 from __future__ import annotations
@@ -21,8 +31,9 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from PIL import Image, ImageColor
+from PIL import Image, ImageColor, ImageFile
 
+from fetcher import jpeg
 from fetcher.options import ConfigError, opt
 from fetcher.records import ImageOutcome, Reason
 
@@ -68,6 +79,9 @@ DRAFT_MARGIN = 1.5
 # Box-reduce first when the Lanczos ratio is >= 2x this: no effect after a draft (ratio < 3), but
 # full decodes (PNG, WebP, ...) shrinking a lot save ~15 % CPU at >= 53 dB PSNR.
 REDUCING_GAP = 2.0
+
+# A truncated file must fail, never be padded: guard against a library or plugin having set it.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 # Pillow's own bomb check warns at 89 MP and raises at 179 MP whatever --max-image-pixels says; our
 # header check below replaces it so the flag is the one limit (it still runs before any pixel).
@@ -152,6 +166,11 @@ class ImageOptions:
     verify_hash: str = opt(
         "--verify-hash", "", "input column holding the expected --hash of each image; a mismatch fails the row"
     )
+    image_cpu_budget: float = opt(
+        "--image-cpu-budget",
+        10.0,
+        "CPU seconds one image may cost to decode and resize; over it = image_too_complex (0 = no limit)",
+    )
 
     @property
     def allowed(self) -> frozenset[str]:
@@ -195,6 +214,8 @@ class ImageOptions:
             raise ConfigError(f"--hash {self.hash!r}: expected one of {', '.join(HASHES)}")
         if self.verify_hash and self.hash == "none":
             raise ConfigError("--verify-hash needs a --hash other than none")
+        if self.image_cpu_budget < 0:
+            raise ConfigError("--image-cpu-budget must be >= 0 (0 = no limit)")
 
 
 def _xxh3(data: bytes) -> str:
@@ -286,6 +307,35 @@ def _to_rgb(img: Image.Image, background: str) -> Image.Image:
     return img.convert("RGB")
 
 
+class ImageTooComplex(Exception):
+    """This image used up its CPU budget."""
+
+
+class _Budget:
+    """The CPU time one image may still use, on the clock of the thread doing its work."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.deadline = time.thread_time() + seconds if seconds > 0 else math.inf
+
+    def check(self, stage: str) -> None:
+        if time.thread_time() > self.deadline:
+            raise ImageTooComplex(f"over --image-cpu-budget {self.seconds:g}s of CPU while {stage}")
+
+
+class _BudgetedReader(io.BytesIO):
+    """The image bytes; every read checks the budget, so a Pillow decode (fed 64 KiB at a time)
+    stops soon after the budget is spent instead of running to the end."""
+
+    def __init__(self, data: bytes, budget: _Budget) -> None:
+        super().__init__(data)
+        self.budget = budget
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        self.budget.check("decoding")
+        return super().read(size)
+
+
 @dataclass
 class _Opened:
     img: Image.Image
@@ -293,6 +343,8 @@ class _Opened:
     width: int  # oriented (as displayed) size
     height: int
     orientation: int
+    data: bytes = b""
+    budget: _Budget | None = None
 
 
 def process_image(data: bytes, opts: ImageOptions, expected_hash: str | None = None) -> ImageOutcome:
@@ -305,6 +357,8 @@ def process_image(data: bytes, opts: ImageOptions, expected_hash: str | None = N
         out = _process(data, opts, expected_hash)
     except MemoryError:
         raise  # the worker pool names it (--worker-max-memory); the worker itself is fine
+    except ImageTooComplex as exc:
+        out = ImageOutcome(reason=Reason.IMAGE_TOO_COMPLEX, detail=str(exc)[:200])
     except Exception as exc:
         # A codec bug on some hostile file must cost that row only: an exception escaping to the
         # pool would leave the row without a result and its tar never finished.
@@ -315,23 +369,32 @@ def process_image(data: bytes, opts: ImageOptions, expected_hash: str | None = N
 
 def _open(data: bytes, opts: ImageOptions) -> _Opened | ImageOutcome:
     allowed = opts.allowed
+    budget = _Budget(opts.image_cpu_budget)
     try:
-        img = Image.open(io.BytesIO(data), formats=sorted(allowed))
+        img = Image.open(_BudgetedReader(data, budget), formats=sorted(allowed))
+    except ImageTooComplex:
+        raise
     except Exception as exc:
         return _not_allowed(data, f"{type(exc).__name__}: {exc}")
     fmt = _normalize_format(img.format or "")
     try:
-        orientation = int(img.getexif().get(0x0112, 1))
+        # Pillow's PNG getexif() decodes every pixel to look for an eXIf chunk after the image data:
+        # a pixel bomb would be decoded before the size check. Only an eXIf before the data counts.
+        has_exif = fmt != "PNG" or "exif" in img.info
+        orientation = int(img.getexif().get(0x0112, 1)) if has_exif else 1
     except Exception:
         orientation = 1  # a broken EXIF block must not cost the image
     w, h = img.size
     if orientation in (5, 6, 7, 8):
         w, h = h, w
-    return _Opened(img, fmt, w, h, orientation if orientation in _ORIENTATION else 1)
+    return _Opened(img, fmt, w, h, orientation if orientation in _ORIENTATION else 1, data, budget)
 
 
 def _not_allowed(data: bytes, detail: str) -> ImageOutcome:
     # Not openable as an allowed format: name the format if Pillow knows it (header parse only).
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and int.from_bytes(data[4:8], "little") + 8 > len(data):
+        # Pillow's WebP plugin decodes at open, so a cut WebP fails there; its RIFF size says why.
+        return ImageOutcome(reason=Reason.TRUNCATED_IMAGE, detail=f"WebP cut short: {detail}"[:200])
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -371,17 +434,26 @@ def _render_outcome(data: bytes, op: _Opened, opts: ImageOptions) -> ImageOutcom
     refused = check_header(op.width, op.height, opts)
     if refused is not None:
         return failed(*refused)
+    if op.format == "JPEG":
+        costly = jpeg.too_complex(data, opts.image_cpu_budget)
+        if costly is not None:
+            return failed(Reason.IMAGE_TOO_COMPLEX, costly)
     try:
         if _can_keep_bytes(op, opts):
-            op.img.load()  # the kept bytes must decode: never store a broken file
+            _load_checked(op)  # the kept bytes must decode: never store a broken file
             img, encoded = op.img, data
         else:
             img = _render(op, opts)
             encoded = b""
+    except ImageTooComplex as exc:
+        return failed(Reason.IMAGE_TOO_COMPLEX, str(exc))
+    except jpeg.JpegDamaged as exc:
+        return failed(Reason.TRUNCATED_IMAGE if exc.truncated else Reason.DECODE_ERROR, f"JPEG: {exc}")
     except Image.DecompressionBombError as exc:
         return failed(Reason.DECOMPRESSION_BOMB, str(exc))
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
-        return failed(Reason.DECODE_ERROR, f"{type(exc).__name__}: {exc}")
+        truncated = isinstance(exc, EOFError) or "truncated" in str(exc)
+        return failed(Reason.TRUNCATED_IMAGE if truncated else Reason.DECODE_ERROR, f"{type(exc).__name__}: {exc}")
     if not encoded:
         try:
             encoded = _encode(img, opts)
@@ -396,6 +468,23 @@ def _render_outcome(data: bytes, op: _Opened, opts: ImageOptions) -> ImageOutcom
         original_height=op.height,
         source_format=op.format,
     )
+
+
+def _strict_jpeg(op: _Opened) -> bool:
+    return op.format == "JPEG" and op.img.mode in ("RGB", "L", "CMYK") and bool(op.data)
+
+
+def _load_checked(op: _Opened) -> None:
+    if _strict_jpeg(op):
+        jpeg.decode(op.data, op.img.mode, (1, 1))  # 1/8 scale: the whole entropy stream, few pixels
+    else:
+        op.img.load()
+
+
+def _draft_scale(size: tuple[int, int], wanted: tuple[int, int]) -> int:
+    """The 1/2^k DCT scale Pillow's ``draft`` picks for ``wanted`` (same rule, so both paths agree)."""
+    ratio = min(size[0] // max(1, wanted[0]), size[1] // max(1, wanted[1]))
+    return next((s for s in (8, 4, 2) if ratio >= s), 1)
 
 
 def _can_keep_bytes(op: _Opened, opts: ImageOptions) -> bool:
@@ -424,17 +513,27 @@ def _render(op: _Opened, opts: ImageOptions) -> Image.Image:
     final = target_size(op.width, op.height, opts)
     swapped = op.orientation in (5, 6, 7, 8)
     stored = (final[1], final[0]) if swapped else final  # size in the file's (unrotated) orientation
-    if op.format == "JPEG" and (stored[0] < img.width or stored[1] < img.height):
-        # DCT-scaled decoding: Pillow decodes at the smallest 1/2^k scale still >= the size asked.
-        img.draft("RGB", (math.ceil(stored[0] * DRAFT_MARGIN), math.ceil(stored[1] * DRAFT_MARGIN)))
-    if img.mode != "L":
-        # Greyscale stays one channel through the resize (a third of the work); the rest go to RGB
-        # first (palettes cannot be Lanczos-resized, alpha is composited before it is averaged).
+    wanted = (math.ceil(stored[0] * DRAFT_MARGIN), math.ceil(stored[1] * DRAFT_MARGIN))
+    shrink = stored[0] < img.width or stored[1] < img.height
+    if _strict_jpeg(op):
+        # DCT-scaled decoding at the smallest 1/2^k scale still >= the size asked, strictly.
+        img = jpeg.decode(op.data, img.mode, img.size, _draft_scale(img.size, wanted) if shrink else 1)
+    elif op.format == "JPEG" and shrink:
+        img.draft("RGB", wanted)
+    if op.budget is not None:
+        img.load()
+        op.budget.check("decoding")
+    if img.mode not in ("L", "RGBX"):
+        # Greyscale stays one channel through the resize (a third of the work), RGBX (a strict JPEG
+        # decode) is resized as it is; the rest go to RGB first (palettes cannot be Lanczos-resized,
+        # alpha is composited before it is averaged).
         img = _to_rgb(img, opts.background)
     if img.size != stored:
         shrink = stored[0] * stored[1] < img.width * img.height
         name = opts.downscale_interpolation if shrink else opts.upscale_interpolation
         img = img.resize(stored, INTERPOLATIONS[name], reducing_gap=REDUCING_GAP)
+        if op.budget is not None:
+            op.budget.check("resizing")
     if op.orientation in _ORIENTATION:
         # Rotating the small result is cheaper than rotating the decode; the tag is not re-written.
         img = img.transpose(_ORIENTATION[op.orientation])

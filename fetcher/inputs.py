@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -210,11 +211,15 @@ def open_source(path: str, fmt: str, count_column: str) -> Source:
                 md = pf.metadata
                 rgs = tuple(md.row_group(i).num_rows for i in range(md.num_row_groups))
                 return Source(path, fmt, md.num_rows, tuple(pf.schema_arrow.names), rgs)
+        if fmt == "jsonl":
+            names, rows = _jsonl_scan(path)
+            return Source(path, fmt, rows, names)
         names = _text_names(path, fmt, count_column)
         if not names:
             return Source(path, fmt, 0, names)
         return Source(path, fmt, _count_rows(path, fmt, count_column if count_column in names else names[0]), names)
-    except (OSError, pa.ArrowException, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, EOFError, zlib.error, pa.ArrowException, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # EOFError: a cut .gz ("Compressed file ended before the end-of-stream marker was reached")
         raise ConfigError(f"--input {path}: not a readable {fmt} file ({_one_line(exc)})") from None
 
 
@@ -237,26 +242,48 @@ def _parquet(path: str) -> Iterator[pq.ParquetFile]:
 
 
 def _lines(fh: IO[bytes]) -> Iterator[str]:
-    """Non-blank lines of a UTF-8 text stream (blank lines are not rows)."""
-    for raw in io.TextIOWrapper(fh, encoding="utf-8", newline=None):
+    """Non-blank lines of a UTF-8 text stream (blank lines are not rows).
+
+    Bytes that are not UTF-8 become U+FFFD: one bad byte in one caption costs at most that row
+    (a URL with one is an invalid_url), never the file. The counting pass at start logs how many.
+    """
+    for raw in io.TextIOWrapper(fh, encoding="utf-8", errors="replace", newline=None):
         line = raw.strip()
         if line:
             yield line
+
+
+def _log_replaced(path: str, lines: int) -> None:
+    if lines:
+        logger.warning("%s: %d line(s) with bytes that are not UTF-8; replaced by U+FFFD", path, lines)
+
+
+def _jsonl_scan(path: str) -> tuple[tuple[str, ...], int]:
+    """Column names (the union over every row, in first-seen order) and row count of a JSON Lines file."""
+    names: dict[str, None] = {}
+    rows = bad_text = 0
+    with open_binary(path) as fh:
+        for line in _lines(fh):
+            if rows == 0 and line.startswith("["):
+                raise ConfigError(f"--input {path}: a JSON array, not JSON Lines; pass --input-format json")
+            rows += 1
+            bad_text += "\ufffd" in line
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # that row alone ends as missing_url when read
+            if isinstance(obj, dict):
+                names.update(dict.fromkeys(obj))
+            elif rows == 1:
+                raise ConfigError(f"--input {path}: JSON Lines rows must be objects")
+    _log_replaced(path, bad_text)
+    return tuple(names), rows
 
 
 def _text_names(path: str, fmt: str, url_col: str) -> tuple[str, ...]:
     if fmt == "txt":
         return (url_col,)  # the one column of a URL list is whatever --url-col names
     with open_binary(path) as fh:
-        if fmt == "jsonl":
-            for line in _lines(fh):
-                if line.startswith("["):
-                    raise ConfigError(f"--input {path}: a JSON array, not JSON Lines; pass --input-format json")
-                first = json.loads(line)
-                if not isinstance(first, dict):
-                    raise ConfigError(f"--input {path}: JSON Lines rows must be objects")
-                return tuple(first)
-            return ()
         reader = pacsv.open_csv(fh, parse_options=_csv_parse(fmt))
         return tuple(reader.schema.names)
 
@@ -268,13 +295,34 @@ def _csv_parse(fmt: str) -> pacsv.ParseOptions:
 def _csv_convert(columns: tuple[str, ...]) -> pacsv.ConvertOptions:
     # Every column is read as text: pyarrow infers CSV types from the first block only, so a column
     # that is blank there (or digits-only URLs) would fail half-way through a long file. Numbers are
-    # recovered per batch by _numeric, for --filter and saved columns. Only "" is null.
+    # recovered per batch by _numeric, for --filter and saved columns. Only "" is null. Read as
+    # bytes, decoded per batch by _utf8: one bad byte must cost one value, not the whole block.
     return pacsv.ConvertOptions(
         include_columns=list(columns) or None,
-        column_types={c: pa.string() for c in columns},
+        column_types={c: pa.binary() for c in columns},
         strings_can_be_null=True,
         null_values=[""],
     )
+
+
+def _utf8(arr: pa.ChunkedArray) -> tuple[pa.ChunkedArray, int]:
+    """Bytes as text (C speed when valid); values that are not UTF-8 get U+FFFD. Returns how many did."""
+    try:
+        return pc.cast(arr, pa.string()), 0
+    except pa.ArrowInvalid:
+        values = arr.to_pylist()
+        bad = 0
+        out: list[str | None] = []
+        for v in values:
+            if v is None:
+                out.append(None)
+                continue
+            try:
+                out.append(v.decode("utf-8"))
+            except UnicodeDecodeError:
+                bad += 1
+                out.append(v.decode("utf-8", "replace"))
+        return pa.chunked_array([pa.array(out, pa.string())]), bad
 
 
 def _numeric(arr: pa.ChunkedArray, text_columns: tuple[str, ...], name: str) -> pa.ChunkedArray:
@@ -292,7 +340,12 @@ def _numeric(arr: pa.ChunkedArray, text_columns: tuple[str, ...], name: str) -> 
 def _count_rows(path: str, fmt: str, column: str) -> int:
     with open_binary(path) as fh:
         if fmt in ("jsonl", "txt"):
-            return sum(1 for _ in _lines(fh))
+            rows = bad_text = 0
+            for line in _lines(fh):
+                rows += 1
+                bad_text += "\ufffd" in line
+            _log_replaced(path, bad_text)
+            return rows
         reader = pacsv.open_csv(fh, parse_options=_csv_parse(fmt), convert_options=_csv_convert((column,)))
         return sum(batch.num_rows for batch in reader)
 
@@ -351,7 +404,14 @@ def _csv_tables(
         for batch in reader:
             if pos + batch.num_rows > start:
                 table = pa.Table.from_batches([batch])
-                yield pos, pa.table({c: _numeric(table.column(c), strings, c) for c in table.column_names})
+                cols: dict[str, pa.ChunkedArray] = {}
+                for c in table.column_names:
+                    text, bad = _utf8(table.column(c))
+                    if bad:
+                        why = "%s: %d value(s) of column %r are not UTF-8; replaced by U+FFFD"
+                        logger.warning(why, src.path, bad, c)
+                    cols[c] = _numeric(text, strings, c)
+                yield pos, pa.table(cols)
             pos += batch.num_rows
             if pos >= stop:
                 return

@@ -243,7 +243,8 @@ def env_values(classes: list[type], environ: Mapping[str, str] | None = None) ->
 
 
 # FETCHER_* variables the deploy files use for themselves, not flags (systemd unit, compose file).
-NON_FLAG_ENV = frozenset({"FETCHER_SHARDS", "FETCHER_INPUT_DIR", "FETCHER_OUTPUT_DIR"})
+# FETCHER_OWNER_PID: set by fetcher itself for its imaging helpers (fetcher/deathsig.py), inherited by children.
+NON_FLAG_ENV = frozenset({"FETCHER_SHARDS", "FETCHER_INPUT_DIR", "FETCHER_OUTPUT_DIR", "FETCHER_OWNER_PID"})
 
 
 def unknown_env(classes: list[type], environ: Mapping[str, str] | None = None) -> list[str]:

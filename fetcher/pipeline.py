@@ -30,6 +30,7 @@ from fetcher.reader import InputDataError, InputFile, TarPlan, iter_rows, open_i
 from fetcher.readers import reader
 from fetcher.records import FetchOutcome, InputRow, Reason, SampleResult, Status
 from fetcher.retry_failed import RetryPlan, plan_retry
+from fetcher.runrecord import claim_output
 from fetcher.scheduler import Job, Scheduler
 from fetcher.summary import RunStats
 from fetcher.workers import ImagingPool
@@ -94,9 +95,14 @@ def prepare(cfg: Config) -> RunPlan:
     roots = local_roots([(f.path, reader(f.source.fmt)) for f in files], cfg.input.images_from)
     total = sum(f.num_rows for f in files)
     tars = plan_tars(total, cfg.run.samples_per_tar, cfg.run.shard_pair)
-    output = Output(cfg.run.output, cfg.output, cfg.input.save_list, cfg.imaging.hash_column)
+    try:
+        output = Output(cfg.run.output, cfg.output, cfg.input.save_list, cfg.imaging.hash_column)
+    except OSError as exc:  # /proc/x, an existing file, no permission: a bad --output, not a crash
+        why = exc.strerror or exc
+        raise ConfigError(f"--output {cfg.run.output}: cannot use it as the output folder ({why})") from None
     if cfg.durability.retry_failed and is_remote(cfg.run.output):
         raise ConfigError("--retry-failed rewrites finished tars in place: use it with a local --output")
+    claim_output(cfg, files, output)  # a rerun that would make other tars stops here (storage.manifest)
     todo: list[TarPlan] = []
     retries: dict[int, RetryPlan] = {}
     for t in tars:
@@ -333,6 +339,9 @@ class Pipeline:
                     self.stats.total_rows -= tar.size
                     self.monitor.metrics.planned_rows = self.stats.total_rows
                     continue
+                except OSError as exc:  # read-only folder, no inodes left: one line, exit 75
+                    self._fail_run(_storage_error(exc, f"creating tar {tar.index:05d} in {self.cfg.run.output}"))
+                    return
                 self.stats.total_rows -= writer.resumed_rows
                 self.monitor.metrics.planned_rows = self.stats.total_rows
                 self.writers[tar.index] = writer
@@ -456,12 +465,7 @@ class Pipeline:
         self._maybe_finalize(writer)
 
     def _storage_failed(self, writer: ShardWriter, exc: OSError) -> None:
-        where = f"writing tar {writer.files.index:05d} in {self.cfg.run.output}"
-        if is_disk_full(exc):
-            self._fail_run(DiskFull(f"disk full {where} ({exc.strerror}); nothing half-written was kept, "
-                                    "rerun the same command to resume"))  # fmt: skip
-        else:
-            self._fail_run(RunAborted(f"I/O error {where}: {exc}; rerun the same command to resume"))
+        self._fail_run(_storage_error(exc, f"writing tar {writer.files.index:05d} in {self.cfg.run.output}"))
 
     def _maybe_finalize(self, writer: ShardWriter) -> None:
         if not writer.complete or self.writers.get(writer.files.index) is not writer:
@@ -482,6 +486,13 @@ class Pipeline:
             self._storage_failed(writer, exc)
             return
         self.monitor.tar_done()
+
+
+def _storage_error(exc: OSError, where: str) -> RunAborted:
+    if is_disk_full(exc):  # ENOSPC covers both bytes and inodes
+        return DiskFull(f"disk full {where} ({exc.strerror}); nothing half-written was kept, "
+                        "rerun the same command to resume")  # fmt: skip
+    return RunAborted(f"I/O error {where}: {exc}; rerun the same command to resume")
 
 
 def run(cfg: Config, plan: RunPlan | None = None) -> RunStats:

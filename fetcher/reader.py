@@ -10,6 +10,7 @@ does not grow with input size. File formats live in :mod:`fetcher.inputs`, ``--f
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -156,6 +157,8 @@ def open_inputs(spec: str, opts: InputOptions, hash_col: str = "") -> list[Input
         for col, flag in opts.column_flags(src.fmt, hash_col):
             if col not in names:
                 raise ConfigError(f"{path}: column {col!r} ({flag}) not found; columns are {', '.join(sorted(names))}")
+            if (copies := src.names.count(col)) > 1:
+                raise ConfigError(f"{path}: column {col!r} ({flag}) appears {copies} times; rename the copies")
         files.append(InputFile(source=src, offset=offset))
         offset += src.num_rows
     return files
@@ -196,7 +199,7 @@ def iter_rows(
     current = [""]
     try:
         yield from _iter_rows(files, plan, opts, samples_per_tar, hash_col, current)
-    except (OSError, pa.ArrowException) as exc:
+    except (OSError, EOFError, zlib.error, pa.ArrowException) as exc:
         raise InputDataError(f"{current[0]}: unreadable data near rows {plan.start}-{plan.stop - 1}: {exc}") from None
 
 

@@ -59,6 +59,8 @@ class Reason(StrEnum):
     NOT_AN_IMAGE = "not_an_image"
     UNSUPPORTED_FORMAT = "unsupported_format"
     DECODE_ERROR = "decode_error"
+    TRUNCATED_IMAGE = "truncated_image"
+    IMAGE_TOO_COMPLEX = "image_too_complex"
     DECOMPRESSION_BOMB = "decompression_bomb"
     IMAGE_TOO_SMALL = "image_too_small"
     IMAGE_TOO_LARGE = "image_too_large"
@@ -84,6 +86,8 @@ _RESIZE_REASONS = frozenset(
         Reason.NOT_AN_IMAGE,
         Reason.UNSUPPORTED_FORMAT,
         Reason.DECODE_ERROR,
+        Reason.TRUNCATED_IMAGE,
+        Reason.IMAGE_TOO_COMPLEX,
         Reason.DECOMPRESSION_BOMB,
         Reason.IMAGE_TOO_SMALL,
         Reason.IMAGE_TOO_LARGE,

@@ -10,6 +10,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from fetcher.deathsig import die_with_parent, mark_owner
 from fetcher.imaging import ImageOptions, process_image
 from fetcher.records import ImageOutcome, Reason
 
@@ -27,6 +28,9 @@ class ImagingPool:
         self.threads = threads
         self.busy = 0
         self._ctx = multiprocessing.get_context("forkserver")
+        # The forkserver and the workers die with this process, even on SIGKILL (fetcher.deathsig).
+        mark_owner()
+        self._ctx.set_forkserver_preload(["fetcher.forkserver_guard"])
         self._pool = self._new_pool()
 
     def _new_pool(self) -> Executor:
@@ -70,11 +74,12 @@ class ImagingPool:
 
 
 def worker_init(max_memory: int) -> None:
-    """Runs in each worker: cap its address space, and leave Ctrl-C to the parent.
+    """Runs in each worker: die with the forkserver, cap its address space, leave Ctrl-C to the parent.
 
     The cap turns a huge allocation (a bomb that slips past the pixel check) into a MemoryError for
     that one image instead of the OOM killer taking the box's memory.
     """
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if max_memory > 0:
         _soft, hard = resource.getrlimit(resource.RLIMIT_AS)

@@ -51,6 +51,11 @@ class OutputOptions:
     checkpoint_interval: float = opt(
         "--checkpoint-interval", 1.0, "webdataset: ... or after this many seconds, whichever comes first"
     )
+    new_run: bool = opt(
+        "--new-run",
+        False,
+        "start over in an --output whose run record (_fetcher_run.json) differs; it must hold nothing else",
+    )
     print_simpletuner_config: bool = opt(
         "--print-simpletuner-config", False, "print a SimpleTuner dataloader entry for this output and exit"
     )

@@ -126,3 +126,41 @@ cp -a "$MNT/out" "$SAVE/final"
     assert "resuming" in (saved / "err_pause").read_text()
     rows = check_output(saved / "final", final=True)
     assert sorted(r["url"] for r in rows.values()) == sorted(urls)
+
+
+# -- an output that cannot take a new tar: one line, exit 75 (issue 14.7) ----------------------------
+
+
+def test_inode_exhaustion_at_tar_creation_is_one_line(farm: Farm, tmp_path: Path) -> None:
+    # A finished output with one tar to redo, on a file system with bytes to spare but no inode left:
+    # creating that tar's file is what fails (ENOSPC, where TarSink opens it).
+    inp, _ = disk_urls(farm, tmp_path)
+    fetch = fetch_cmd(inp, "--min-free-disk", "0")
+    script = (
+        f"{fetch} 2> /dev/null || exit 3\n"
+        'rm "$MNT/out/00005_stats.json"\n'
+        'for i in $(seq 1 200); do touch "$MNT/fill$i" 2> /dev/null || break; done\n'
+        f'{fetch} 2> "$SAVE/err_inodes"; echo $? > "$SAVE/rc_inodes"\n'
+    )
+    proc = in_namespace(script, tmp_path, "64M,nr_inodes=64")
+    assert proc.returncode == 0, proc.stderr
+    last = exited(tmp_path / "saved", "inodes", 75)
+    assert last.startswith("fetcher: error: disk full creating tar 00005"), last
+    assert "Traceback" not in (tmp_path / "saved" / "err_inodes").read_text()
+
+
+def test_read_only_output_at_tar_creation_is_one_line(farm: Farm, tmp_path: Path) -> None:
+    inp, _ = disk_urls(farm, tmp_path)
+    fetch = fetch_cmd(inp, "--min-free-disk", "0")
+    script = (
+        f"{fetch} 2> /dev/null || exit 3\n"
+        'rm "$MNT/out/00005_stats.json"\n'  # one tar to redo, in a folder now mounted read-only
+        'mount -o remount,ro "$MNT" || exit 4\n'
+        f'{fetch} 2> "$SAVE/err_ro"; echo $? > "$SAVE/rc_ro"\n'
+    )
+    proc = in_namespace(script, tmp_path, "64M")
+    assert proc.returncode == 0, proc.stderr
+    last = exited(tmp_path / "saved", "ro", 75)
+    assert last.startswith("fetcher: error: I/O error creating tar 00005"), last
+    assert "Read-only file system" in last
+    assert "Traceback" not in (tmp_path / "saved" / "err_ro").read_text()

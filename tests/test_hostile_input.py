@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import io
+import json
 import tempfile
 import uuid
 from pathlib import Path
@@ -70,7 +72,7 @@ def test_hostile_images_are_named_failures_with_bounded_worker_memory(farm: Farm
     tag = uuid.uuid4().hex[:8]
     cases = {
         "/img/small.jpg": None,
-        "/cut/medium.jpg": "decode_error",
+        "/cut/medium.jpg": "truncated_image",
         "/notimage": "not_an_image",
         "/pixel-bomb/9000x9000.png": "decompression_bomb",  # passes the pixel check, not the memory cap
         "/pixel-bomb/12000x12000.png": "decompression_bomb",  # refused by the pixel check before decoding
@@ -193,8 +195,8 @@ _TINY_PNG, _SMALL_JPEG = _seed(1, 1, "PNG"), _seed(64, 64, "JPEG")
         (_TINY_PNG[:8], Reason.NOT_AN_IMAGE, None),  # PNG signature alone
         (_TINY_PNG[:33], Reason.NOT_AN_IMAGE, None),  # signature + IHDR, no pixel data
         (b"GIF89a\x01\x00\x01\x00\x00\x00\x00", Reason.NOT_AN_IMAGE, None),  # GIF header alone
-        (_SMALL_JPEG[: len(_SMALL_JPEG) * 3 // 4], Reason.DECODE_ERROR, (64, 64)),  # header fine, scan cut
-        (_SMALL_JPEG[:-2], Reason.DECODE_ERROR, (64, 64)),  # only the end-of-image marker missing
+        (_SMALL_JPEG[: len(_SMALL_JPEG) * 3 // 4], Reason.TRUNCATED_IMAGE, (64, 64)),  # header fine, scan cut
+        (_SMALL_JPEG[:-2], Reason.TRUNCATED_IMAGE, (64, 64)),  # only the end-of-image marker missing
         (_TINY_PNG, None, (1, 1)),  # a 1x1 image is an image: upscaled to the target size
         (_seed(1, 1, "JPEG"), None, (1, 1)),
         (_TINY_PNG[:-12], None, (1, 1)),  # PNG without its IEND chunk still decodes whole
@@ -227,3 +229,94 @@ def test_empty_and_tiny_bodies(body: bytes, reason: Reason | None, size: tuple[i
 def test_tiny_image_refused_by_min_image_size() -> None:
     out = process_image(_TINY_PNG, ImageOptions(image_size=32, min_image_size=2))
     assert (out.reason, out.original_width, out.original_height) == (Reason.IMAGE_TOO_SMALL, 1, 1)
+
+
+# -- one-line errors for broken inputs and unusable outputs (issue 14.7) ------------------------------
+
+
+def _one_line_error(proc: Any, code: int, *needles: str) -> None:
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("fetcher: error: "), proc.stderr
+    for needle in needles:
+        assert needle in last, proc.stderr
+
+
+@pytest.mark.parametrize("name", ["urls.txt.gz", "urls.jsonl.gz", "urls.csv.gz"])
+def test_cut_gzip_input_is_a_one_line_error(tmp_path: Path, name: str) -> None:
+    rows = [f"http://127.0.0.2:9/{i}.jpg" for i in range(3000)]
+    if name.startswith("urls.jsonl"):
+        text = "".join(json.dumps({"url": u, "caption": "c"}) + "\n" for u in rows)
+    elif name.startswith("urls.csv"):
+        text = "url,caption\n" + "".join(f"{u},c\n" for u in rows)
+    else:
+        text = "".join(u + "\n" for u in rows)
+    packed = gzip.compress(text.encode())
+    path = tmp_path / name
+    path.write_bytes(packed[: len(packed) // 2])  # cut mid-stream, as an interrupted copy leaves it
+    proc = run_fetcher("--input", str(path), "--output", str(tmp_path / "out"), check=False)
+    _one_line_error(proc, 2, str(path))
+
+
+def test_duplicate_url_column_is_a_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "dup.parquet"
+    cols = [pa.array(["http://127.0.0.2:9/a"]), pa.array(["http://127.0.0.2:9/b"]), pa.array(["c"])]
+    pq.write_table(pa.Table.from_arrays(cols, names=["url", "url", "caption"]), path)
+    proc = run_fetcher("--input", str(path), "--output", str(tmp_path / "out"), check=False)
+    _one_line_error(proc, 2, str(path), "'url'", "2 times")
+
+
+@pytest.mark.parametrize(("output", "code"), [("/proc/x", 2), ("FILE", 2), ("/proc/self", 75)])
+def test_unusable_output_is_a_one_line_error(tmp_path: Path, output: str, code: int) -> None:
+    # /proc/x cannot be created, FILE is an existing file, /proc/self is a folder nobody can write in.
+    if output == "FILE":
+        output = str(tmp_path / "a-file")
+        Path(output).write_text("x")
+    inp = write_urls(tmp_path / "urls.parquet", ["http://127.0.0.2:9/a.jpg"])
+    proc = run_fetcher("--input", str(inp), "--output", output, "--min-free-disk", "0", check=False)
+    _one_line_error(proc, code, output)
+
+
+# -- invalid UTF-8 costs a value, never the file (issue 14.8) ----------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "txt"])
+def test_invalid_utf8_costs_at_most_its_row(farm: Farm, tmp_path: Path, fmt: str) -> None:
+    n, bad = 24, 17
+    urls = [farm.url(f"/img/small.jpg?u8={fmt}{i}") for i in range(n)]
+    lines = []
+    for i, u in enumerate(urls):
+        junk = b"\xff\xfe" if i == bad else b""
+        if fmt == "csv":
+            lines.append(u.encode() + b",cap " + str(i).encode() + junk)
+        elif fmt == "jsonl":
+            lines.append(b'{"url": "' + u.encode() + b'", "caption": "cap ' + str(i).encode() + junk + b'"}')
+        else:
+            lines.append(u.encode() + junk)  # in a URL list the bad bytes sit in the URL itself
+    path = tmp_path / f"urls.{fmt}"
+    path.write_bytes((b"url,caption\n" if fmt == "csv" else b"") + b"\n".join(lines) + b"\n")
+    out = tmp_path / "out"
+    proc = run_fetcher("--input", str(path), "--output", str(out), "--allow-private-networks", "--processes", "1",
+                       "--samples-per-tar", "10")  # fmt: skip
+    assert "not UTF-8" in proc.stderr  # the replacement is counted in the log, not silent
+    rows = sorted(results_table(out).to_pylist(), key=lambda r: r["key"])
+    assert len(rows) == n
+    for i, row in enumerate(rows):
+        if fmt == "txt" and i == bad:  # the URL's bad bytes are replaced: fetched as such, or a named failure
+            assert row["status"] == "success" or row["error_message"] in REASONS, row
+        else:
+            assert row["status"] == "success", row
+    if fmt != "txt":
+        assert rows[bad]["caption"] == f"cap {bad}\ufffd\ufffd"
+
+
+def test_jsonl_columns_come_from_every_line(farm: Farm, tmp_path: Path) -> None:
+    url = farm.url("/img/small.jpg?late-columns=1")
+    path = tmp_path / "urls.jsonl"
+    path.write_text(json.dumps({"url": url}) + "\n" + json.dumps({"url": url, "caption": "late", "score": 5}) + "\n")
+    out = tmp_path / "out"
+    run_fetcher("--input", str(path), "--output", str(out), "--allow-private-networks", "--processes", "1",
+                "--save-columns", "score")  # fmt: skip
+    rows = sorted(results_table(out).to_pylist(), key=lambda r: r["key"])
+    assert [(r["caption"], r["score"]) for r in rows] == [(None, None), ("late", 5)]

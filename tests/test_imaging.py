@@ -146,8 +146,8 @@ def png_header(w: int, h: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
-def test_truncated_pixels_are_a_decode_error() -> None:
-    assert run(truncated_jpeg(400, 300)).reason is Reason.DECODE_ERROR
+def test_truncated_pixels_are_a_named_failure() -> None:
+    assert run(truncated_jpeg(400, 300)).reason is Reason.TRUNCATED_IMAGE
 
 
 @pytest.mark.parametrize(
@@ -317,7 +317,7 @@ def test_skip_reencode_keeps_original_bytes() -> None:
     assert decoded(run(rotated, resize_mode="no", skip_reencode=True)).size == (200, 300)
     png = make_image(300, 200, "png", mode="RGBA")
     assert run(png, resize_mode="no", encode_format="png", skip_reencode=True).data != png  # alpha composited
-    assert run(truncated_jpeg(300, 200), resize_mode="no", skip_reencode=True).reason is Reason.DECODE_ERROR
+    assert run(truncated_jpeg(300, 200), resize_mode="no", skip_reencode=True).reason is Reason.TRUNCATED_IMAGE
 
 
 @pytest.mark.parametrize(

@@ -443,7 +443,8 @@ def test_s3_round_trip(s3: Any, laion: tuple[Path, list[dict[str, Any]]], tmp_pa
     fs.invalidate_cache()
     names = sorted(os.path.basename(p) for p in fs.ls("bucket/out"))
     assert names == sorted(
-        [f"{k:05d}{suffix}" for k in range(4) for suffix in (".tar", ".parquet", "_stats.json")] + ["wids-index.json"]
+        [f"{k:05d}{suffix}" for k in range(4) for suffix in (".tar", ".parquet", "_stats.json")]
+        + ["wids-index.json", "_fetcher_run.json"]
     )
     assert not list((tmp_path / "staging").iterdir()), "staging copies must be removed after upload"
     local = tmp_path / "down"
@@ -476,8 +477,8 @@ def test_s3_files_output_with_metadata(s3: Any, laion: tuple[Path, list[dict[str
         assert image.size == (m["width"], m["height"])
         caption = fs.cat_file(f"files-bucket/pcb/{m['filename'].rsplit('.', 1)[0]}.txt").decode()
         assert caption == m["caption"] == rows[int(m["key"][:5]) * S + int(m["key"][5:])]["TEXT"]
-    # folder, piece, results, marker per tar + metadata.parquet and data.json
-    assert len(fs.ls("files-bucket/pcb")) == 4 * 4 + 2
+    # folder, piece, results, marker per tar + metadata.parquet, data.json and the run record
+    assert len(fs.ls("files-bucket/pcb")) == 4 * 4 + 3
     data = json.loads(fs.cat_file("files-bucket/pcb/data.json"))
     assert [(d["image"], d["caption"], d["width"]) for d in data] == [
         (m["filename"], m["caption"], m["width"]) for m in meta

@@ -7,14 +7,20 @@ import contextlib
 import io
 import os
 import signal
+import subprocess
+import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 from PIL import Image
 
+from fetcher.farm import Farm
 from fetcher.farm.images import make_image
 from fetcher.imaging import ImageOptions
 from fetcher.records import Reason
 from fetcher.workers import ImagingPool
+from tests.conftest import ROOT, write_urls
 
 
 def _slow_image() -> bytes:
@@ -65,3 +71,63 @@ async def test_killed_worker_is_retried_once_then_named() -> None:
         await killer
         assert dead.reason is Reason.INTERNAL_ERROR and "died twice" in dead.detail
         assert (await pool.run(make_image(64, 48, "jpeg"))).ok  # and the pool still works
+
+
+# -- helpers die with a killed fetcher (issue 14.10) ------------------------------------------------
+
+
+def _proc_states() -> dict[int, tuple[int, str]]:
+    """pid -> (ppid, state) of every live process."""
+    out: dict[int, tuple[int, str]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                with open(f"/proc/{name}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+                out[int(name)] = (int(fields[1]), fields[0])
+    return out
+
+
+def _descendants(root: int) -> set[int]:
+    procs = _proc_states()
+    found: set[int] = set()
+    frontier = {root}
+    while frontier:
+        frontier = {pid for pid, (ppid, _) in procs.items() if ppid in frontier and pid not in found}
+        found |= frontier
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    procs = _proc_states()
+    return {p for p in pids if p in procs and procs[p][1] != "Z"}  # a zombie holds nothing but its pid
+
+
+def test_sigkilled_fetcher_leaves_no_helper_processes(farm: Farm, tmp_path: Path) -> None:
+    # A few quick images start the imaging workers; slow ones keep the run going while it is killed.
+    urls = [farm.url(f"/img/small.jpg?orphans={i}") for i in range(4)]
+    urls += [farm.url(f"/slow/20000/small.jpg?orphans={i}") for i in range(8)]
+    inp = write_urls(tmp_path / "urls.parquet", urls)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "fetcher", "--input", str(inp), "--output", str(tmp_path / "out"),
+           "--allow-private-networks", "--processes", "2", "--min-free-disk", "0"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        helpers: set[int] = set()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(helpers) < 4:  # forkserver, 2 workers, resource tracker
+            helpers |= _descendants(proc.pid)
+            time.sleep(0.2)
+        assert len(helpers) >= 4, f"helpers never all started: {helpers}"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while _alive(helpers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(helpers), f"helpers outlived their SIGKILLed parent: {_alive(helpers)}"
+    finally:
+        for pid in _alive(_descendants(proc.pid) | helpers) if proc.poll() is None else _alive(helpers):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()

@@ -16,6 +16,7 @@ from aiohttp import web
 from PIL import Image
 
 from fetcher.farm import hostile
+from fetcher.farm.bombs import bomb_routes
 from fetcher.farm.images import CATALOGUE, CONTENT_TYPES, catalogue_image, make_image
 
 
@@ -255,6 +256,7 @@ def make_app(state: FarmState | None = None, extra_routes: Iterable[web.RouteDef
             web.get("/cut/{name}", cut),
             web.get(r"/pixel-bomb/{w:\d+}x{h:\d+}.png", pixel_bomb),
             *hostile.routes(),
+            *bomb_routes(),
             *extra_routes,
         ]
     )

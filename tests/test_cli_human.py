@@ -333,7 +333,9 @@ def test_skipped_tests_fail_the_session_unless_allowed(tmp_path: Path) -> None:
 # -- item 11: a finished shard's last scrape says it is finished -------------------------------------------
 def test_finished_shard_waits_for_a_last_scrape_that_says_done(farm: Farm, tmp_path: Path) -> None:
     rows = 8
-    inp = write_urls(tmp_path / "urls.parquet", [farm.url(f"/slow/800/small.jpg?s={i}", i % 2) for i in range(rows)])
+    inp = write_urls(
+        tmp_path / "urls.parquet", [farm.url(f"/slow/1500/small.jpg?s={i}", i % 2) for i in range(rows)]
+    )  # ~6 s: several scrapes
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "fetcher", "--input", str(inp), "--output", str(tmp_path / "out"), "--processes", "1",

@@ -38,8 +38,10 @@ def _finish(tmp: Path, first: list[SampleResult], late: list[SampleResult]) -> S
         assert not w.add(res), "a second result for a row must be refused"
     w.reading_done = True
     assert w.complete
-    assert [r.row.row_in_tar for r in w.results] == [0, 1]
-    assert all(a is b for a, b in zip(w.results, first, strict=True)), "the first result object must be the kept one"
+    # The writer keeps the first result's record for each row (what the parquet and journal get).
+    kept = [(r["key"], r["status"], r["error_message"], r["error_detail"]) for r in w.records]
+    want = [(f.row.key, f.status.value, f.reason.value if f.reason else None, f.detail or None) for f in first]
+    assert kept == want, "the first result must be the kept one"
     w.finalize()
     rows = {str(r["key"]): r for r in pq.read_table(files.parquet).to_pylist()}
     members: dict[str, bytes] = {}

@@ -134,7 +134,7 @@ def test_dummy_output_keeps_only_results(farm: Farm, tmp_path: Path) -> None:
     err = _run(inp, out, "dummy")
     names = sorted(os.listdir(out))
     assert names == ["00000.parquet", "00000_stats.json", "00001.parquet", "00001_stats.json",
-                     "00002.parquet", "00002_stats.json"], names  # fmt: skip
+                     "00002.parquet", "00002_stats.json", "_fetcher_run.json"], names  # fmt: skip
     rows = _results(out)
     ok = [r for r in rows if r["status"] == "success"]
     assert len(rows) == N and len(ok) == N - len(range(2, N, 5))

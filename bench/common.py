@@ -28,18 +28,19 @@ class Table:
         widths = [max(len(r[i]) for r in cells) for i in range(len(self.columns))]
         line = "  ".join("-" * w for w in widths)
         out = [self.title, line]
-        out += [
-            "  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths))) for r in cells[:1]
-        ]
+        out.append(_row(cells[0], widths))
         out.append(line)
-        out += [
-            "  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths))) for r in cells[1:]
-        ]
+        out += [_row(r, widths) for r in cells[1:]]
         out += [f"  {n}" for n in self.notes]
         return "\n".join(out)
 
     def to_json(self) -> dict[str, Any]:
         return {"title": self.title, "columns": self.columns, "rows": self.rows, "notes": self.notes}
+
+
+def _row(cells: list[str], widths: list[int]) -> str:
+    """First column left-aligned, the others right-aligned."""
+    return "  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(cells, widths, strict=True)))
 
 
 def _fmt(v: Any) -> str:

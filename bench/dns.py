@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,11 +27,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.common import Table
-from bench.farmsets import FAULT_PATHS, IMAGE_HOSTS, LAION_SIZES, ROOT, warm
+from bench.farmsets import FAULT_PATHS, IMAGE_HOSTS, LAION_SIZES, ROOT, free_port, serving, warm, write_urls
 from bench.peerenv import img2dataset_bin
 from bench.procstat import measure
 
@@ -107,48 +105,18 @@ def url_lists(rows: int, names: int, port: int) -> tuple[list[str], list[str]]:
     return ip, named
 
 
-def _write(path: Path, urls: list[str]) -> Path:
-    table = pa.table({"url": urls, "caption": [f"dns bench image {i}" for i in range(len(urls))]})
-    pq.write_table(table, path, row_group_size=4096)
-    return path
-
-
-def _free_port(address: str) -> int:
-    with socket.socket() as s:
-        s.bind((address, 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def _child(cmd: list[str]) -> Iterator[None]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        line = proc.stdout.readline() if proc.stdout else ""
-        if "serving" not in line:
-            raise RuntimeError(f"{' '.join(cmd[2:5])} did not start: {line.strip()}")
-        yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @contextmanager
 def named_farm(latency_ms: float) -> Iterator[int]:
     """The farm on IMAGE_HOSTS and its DNS server on DNS_HOST:53, each in a child process; yields the port.
 
     Apart, as on the Internet: image traffic on the farm's event loop never delays a DNS answer.
     """
-    port = _free_port(IMAGE_HOSTS[0])
+    port = free_port(IMAGE_HOSTS[0])
     addresses = [x for a in IMAGE_HOSTS for x in ("--address", a)]
     farm = [sys.executable, "-m", "fetcher.farm", "serve", "--port", str(port), *addresses]
     dns = [sys.executable, "-m", "fetcher.farm", "dns", "--dns-address", DNS_HOST, "--dns-port", "53"]
     dns += ["--latency", str(latency_ms), *addresses]
-    with _child(farm), _child(dns):
+    with serving(farm), serving(dns):
         yield port
 
 
@@ -233,7 +201,10 @@ def run(argv: list[str]) -> list[Table]:
     try:
         with named_farm(f.latency_ms) as port:
             ip, named = url_lists(f.rows, f.names, port)
-            lists = {"ip": _write(work / "ip.parquet", ip), "dns": _write(work / "dns.parquet", named)}
+            lists = {
+                "ip": write_urls(work / "ip.parquet", ip, "dns bench"),
+                "dns": write_urls(work / "dns.parquet", named, "dns bench"),
+            }
             warmed = warm(ip)
             distinct = len({u.split("/")[2] for u in named})
             print(f"dns: {f.rows} rows, {distinct} names, farm warmed in {warmed:.0f} s", file=sys.stderr, flush=True)

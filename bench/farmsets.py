@@ -67,32 +67,35 @@ class Workload:
     def write(self, path: Path, port: int) -> list[str]:
         """Write the URL parquet (``url``, ``caption``); returns the URLs."""
         urls = self.urls(port)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        table = pa.table({"url": urls, "caption": [f"{self.name} image {i}" for i in range(len(urls))]})
-        pq.write_table(table, path, row_group_size=4096)
+        write_urls(path, urls, self.name)
         return urls
 
 
-def _free_port(address: str) -> int:
+def write_urls(path: Path, urls: list[str], name: str) -> Path:
+    """A URL parquet (``url``, ``caption`` = "<name> image <i>") as the bench runners read it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.table({"url": urls, "caption": [f"{name} image {i}" for i in range(len(urls))]})
+    pq.write_table(table, path, row_group_size=4096)
+    return path
+
+
+def free_port(address: str = "127.0.0.1") -> int:
+    """A TCP port free on ``address`` (loopback) right now."""
     with socket.socket() as s:
         s.bind((address, 0))
         return int(s.getsockname()[1])
 
 
 @contextmanager
-def farm_process() -> Iterator[int]:
-    """Serve the farm on IMAGE_HOSTS + FAULT_HOSTS in a child process; yields the port."""
-    port = _free_port(IMAGE_HOSTS[0])
-    cmd = [sys.executable, "-m", "fetcher.farm", "serve", "--port", str(port)]
-    for a in IMAGE_HOSTS + FAULT_HOSTS:
-        cmd += ["--address", a]
+def serving(cmd: list[str]) -> Iterator[None]:
+    """Run a farm server command (``python -m fetcher.farm ...``) in a child process until the block ends."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         line = proc.stdout.readline() if proc.stdout else ""
         if "serving" not in line:
-            raise RuntimeError(f"farm did not start: {line.strip()}")
-        yield port
+            raise RuntimeError(f"{' '.join(cmd[2:5])} did not start: {line.strip()}")
+        yield
     finally:
         proc.terminate()
         try:
@@ -100,6 +103,17 @@ def farm_process() -> Iterator[int]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextmanager
+def farm_process() -> Iterator[int]:
+    """Serve the farm on IMAGE_HOSTS + FAULT_HOSTS in a child process; yields the port."""
+    port = free_port(IMAGE_HOSTS[0])
+    cmd = [sys.executable, "-m", "fetcher.farm", "serve", "--port", str(port)]
+    for a in IMAGE_HOSTS + FAULT_HOSTS:
+        cmd += ["--address", a]
+    with serving(cmd):
+        yield port
 
 
 def fetch(url: str, timeout: float = 120) -> bytes | None:

@@ -16,19 +16,11 @@ import time
 from pathlib import Path
 
 from bench.common import Table
-from bench.farmsets import Workload, farm_process, warm
+from bench.farmsets import Workload, farm_process, free_port, warm
 from bench.peers import Result, run_fetcher
 from bench.scaling import THUMB_SIZES
 from fetcher.fleet import RedisSlots
 from fetcher.hostlimits import SlotLimits
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def store_round_trip_ms(url: str, n: int) -> float:
@@ -51,7 +43,7 @@ def run(argv: list[str]) -> list[Table]:
     server = shutil.which("redis-server")
     if server is None:
         raise SystemExit("bench fleet: redis-server is missing (make install installs it)")
-    port = _free_port()
+    port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     work = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     redis_proc = subprocess.Popen(

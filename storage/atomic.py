@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -70,3 +71,12 @@ def remove_stale_tmp(directory: str) -> list[str]:
                 os.unlink(os.path.join(directory, name))
             removed.append(name)
     return removed
+
+
+def remove_path(path: str) -> None:
+    """Remove a file or a folder (a files-format tar in progress); already gone is fine."""
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)

@@ -8,7 +8,6 @@ import hashlib
 import logging
 import os
 import re
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from fetcher.options import ConfigError, opt
-from storage.atomic import TMP_SUFFIX
+from storage.atomic import TMP_SUFFIX, remove_path
 from storage.backend import Backend, is_remote, open_backend
 from storage.formats import FORMATS, METADATA, WIDS, OutputFormat, format_help
 from storage.indexes import MANIFESTS, WidsIndex, completed, update_manifests, update_metadata
@@ -130,11 +129,7 @@ class Output:
             if not name.endswith(TMP_SUFFIX) or re.match(r"\d{5,}", name) is not None:
                 continue
             if _writer_gone(name) or now - os.path.getmtime(path) > 3600:
-                if os.path.isdir(path):
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
+                remove_path(path)
                 removed.append(name)
         return removed
 

@@ -7,14 +7,13 @@ import itertools
 import json
 import logging
 import os
-import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from fetcher.records import SampleResult, Status
-from storage.atomic import TMP_SUFFIX, fsync_dir, write_bytes
+from storage.atomic import TMP_SUFFIX, fsync_dir, remove_path, write_bytes
 from storage.backend import unique_tmp
 from storage.journal import Entry, Journal, Lease
 from storage.layout import ShardFiles
@@ -42,11 +41,7 @@ def clear_leftovers(files: ShardFiles, keep: str = "") -> list[str]:
         if name[len(prefix)] not in "._":  # 00003.tar.x.tmp, 00003_stats.json.tmp; never 000031...
             continue
         path = os.path.join(files.root, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        remove_path(path)
         removed.append(name)
     return removed
 

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,25 @@ def start_fetcher(args: Sequence[str], **kw: Any) -> subprocess.Popen[str]:
         cwd=ROOT,
         **kw,
     )
+
+
+@contextlib.contextmanager
+def reaped(proc: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
+    """The child is killed (and waited for) when the block ends with it still running: a failed test
+    leaves no fetcher behind."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 120) -> str:
+    """Wait for a fetcher child started with stderr piped; its stderr. Killed if the wait fails."""
+    with reaped(proc):
+        _, err = proc.communicate(timeout=timeout)
+    return str(err)
 
 
 def kill_tree(proc: subprocess.Popen[str], sig: int = signal.SIGKILL) -> None:

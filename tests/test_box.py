@@ -22,6 +22,7 @@ from fetcher.farm import Farm
 from fetcher.hostlimits import SlotLimits
 from tests.conftest import ROOT, results_table, run_fetcher, write_urls
 from tests.monitoring import free_port, http_get, samples, wait_for
+from tests.output_checks import finish, reaped
 
 CTX = multiprocessing.get_context("spawn")
 
@@ -170,7 +171,7 @@ def test_three_engines_one_metrics_endpoint_every_row_once(farm: Farm, tmp_path:
     port = free_port()
     proc = _start(inp, tmp_path / "out", "--processes", "3", "--samples-per-tar", "20", "--per-host-concurrency",
                   "2", "--metrics-address", f"127.0.0.1:{port}")  # fmt: skip
-    try:
+    with reaped(proc):
 
         def merged() -> dict[str, float] | None:
             _status, body = http_get(f"http://127.0.0.1:{port}/metrics")
@@ -183,11 +184,7 @@ def test_three_engines_one_metrics_endpoint_every_row_once(farm: Farm, tmp_path:
         flat = wait_for(merged, 60, "the box's /metrics to show 3 engines")
         # Each engine plans its own 2 tars; the box's endpoint adds them up to the whole shard.
         assert flat["fetcher_shard_rows_planned"] == 120
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        err = finish(proc, 120)
     assert proc.returncode == 0, err
     assert err.count("fetcher summary") == 1 and "rows        120 of 120" in err, err
     _check_exactly_once(tmp_path / "out", urls, 20)
@@ -200,15 +197,11 @@ def test_sigterm_stops_every_engine_and_a_rerun_finishes_exactly_once(farm: Farm
     out = tmp_path / "out"
     flags = ("--processes", "2", "--samples-per-tar", "20", "--per-host-concurrency", "1", "--metrics-address", "")
     proc = _start(inp, out, *flags)
-    try:
+    with reaped(proc):
         engines = wait_for(lambda: len(_engines(proc.pid)) == 2 and _engines(proc.pid), 30, "two engine processes")
         wait_for(lambda: list(out.glob("*_stats.json")), 60, "a first finished tar")
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        err = finish(proc, 60)
     assert proc.returncode == 143, err
     assert "stopped by SIGTERM" in err, err
     time.sleep(0.5)
@@ -223,15 +216,11 @@ def test_an_engine_killed_midway_exits_75_and_a_rerun_finishes(farm: Farm, tmp_p
     out = tmp_path / "out"
     flags = ("--processes", "2", "--samples-per-tar", "20", "--per-host-concurrency", "2", "--metrics-address", "")
     proc = _start(inp, out, *flags)
-    try:
+    with reaped(proc):
         engines = wait_for(lambda: len(_engines(proc.pid)) == 2 and _engines(proc.pid), 30, "two engine processes")
         time.sleep(1.0)
         os.kill(engines[0], signal.SIGKILL)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        err = finish(proc, 120)
     assert proc.returncode == 75, err
     assert "died" in err and "rerun the same command" in err, err
     run_fetcher("--input", str(inp), "--output", str(out), "--allow-private-networks", *flags)

@@ -19,6 +19,7 @@ import redis
 from fetcher.farm import Farm
 from tests.conftest import ROOT, results_table, write_urls
 from tests.monitoring import free_port, wait_for
+from tests.output_checks import finish
 from tests.test_politeness import max_in_window
 
 BOXES = 3
@@ -54,16 +55,6 @@ def _box(tmp: Path, urls: list[str], *flags: str) -> subprocess.Popen[str]:
     return subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
 
 
-def _finish(proc: subprocess.Popen[str], timeout: float = 120) -> str:
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return err
-
-
 def _all_ok(out: Path, n: int) -> None:
     rows = results_table(out).to_pylist()
     assert len(rows) == n and all(r["status"] == "success" for r in rows), [r["error_message"] for r in rows]
@@ -81,7 +72,7 @@ def test_three_boxes_hold_one_fleet_rate(farm: Farm, tmp_path: Path, store: str)
         )
         for b in range(BOXES)
     ]
-    errs = [_finish(p) for p in boxes]
+    errs = [finish(p) for p in boxes]
     for p, err in zip(boxes, errs, strict=True):
         assert p.returncode == 0, err
     for b in range(BOXES):
@@ -94,7 +85,7 @@ def test_three_boxes_hold_one_fleet_rate(farm: Farm, tmp_path: Path, store: str)
     assert max(times) - sorted(times)[1] <= (len(times) - burst) / rate + 3.0
 
 
-def test_a_killed_box_leases_lapse_and_the_others_finish(farm: Farm, tmp_path: Path, store: str) -> None:
+def test_a_killed_box_leases_lapse_and_the_othersfinish(farm: Farm, tmp_path: Path, store: str) -> None:
     per_box, timeout = 6, 3
     prefix = "fleet-kill"
     flags = ("--politeness-store", store, "--politeness-prefix", prefix, "--per-host-concurrency", "2",
@@ -116,7 +107,7 @@ def test_a_killed_box_leases_lapse_and_the_others_finish(farm: Farm, tmp_path: P
             )
             for b in range(2)
         ]
-        errs = [_finish(p) for p in others]
+        errs = [finish(p) for p in others]
         for p, err in zip(others, errs, strict=True):
             assert p.returncode == 0, err
         for b in range(2):
@@ -138,7 +129,7 @@ def test_store_down_means_per_box_limits_and_a_warning(farm: Farm, tmp_path: Pat
     n = 12
     p = _box(tmp_path, [farm.url(f"/img/tiny.png?tag=fleet-down&i={i}", 5) for i in range(n)],
              "--politeness-store", dead, "--per-host-rate", "20")  # fmt: skip
-    err = _finish(p)
+    err = finish(p)
     assert p.returncode == 0, err
     _all_ok(tmp_path / "out", n)
     assert "politeness store" in err and "unavailable" in err and "per-box limits" in err, err

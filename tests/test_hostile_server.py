@@ -7,9 +7,7 @@ Content-Length, and many big bodies at once against ``--max-bytes-in-flight``.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -17,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from fetcher.farm import Farm
-from tests.conftest import ROOT, results_table, write_urls
+from tests.conftest import results_table, write_urls
+from tests.output_checks import start_fetcher
 
 MiB = 2**20
 MAX_BODY = MiB
@@ -27,16 +26,8 @@ READ_TIMEOUT = 2.0  # --read-timeout: shorter, so "read" and "total" timeouts ar
 
 def run_measured(*args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess[str], int, float]:
     """Run ``python -m fetcher``; return it, its peak RSS in bytes (VmHWM of the parent only) and seconds."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
     start = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fetcher", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
+    proc = start_fetcher(args)
     peak = 0
     status = Path(f"/proc/{proc.pid}/status")
     while proc.poll() is None and time.monotonic() - start < timeout:

@@ -30,7 +30,8 @@ from bench.farmsets import LAION_SIZES, Workload, farm_process, warm
 from bench.peers import Result, run_fetcher, run_img2dataset
 
 THUMB_SIZES = [("160x120", 3), ("120x160", 2), ("128x96", 2), ("96x128", 1), ("144x144", 1)]
-RUNNERS = ("fetcher", "img2dataset")
+# fetcher-threads: imaging in the engine's own threads (--imaging-pool threads), image bytes never copied
+RUNNERS = ("fetcher", "fetcher-threads", "img2dataset")
 # Issue 13's goals on the thumbnail workload.
 COORDINATOR_TARGET_MS = 0.1
 TWO_PROCESS_TARGET = 1.8
@@ -174,11 +175,12 @@ def run(argv: list[str]) -> list[Table]:
                     for procs in flags.procs:
                         out = work / f"{wl.name}-{runner}-{procs}"
                         kw: dict[str, Any] = {"processes": procs, "user_flags": True}
-                        res = (
-                            run_fetcher(wl, urls, out, **kw)
-                            if runner == "fetcher"
-                            else run_img2dataset(wl, urls, out, **kw)
-                        )
+                        if runner == "img2dataset":
+                            res = run_img2dataset(wl, urls, out, **kw)
+                        else:
+                            pool = ["--imaging-pool", "threads"] if runner == "fetcher-threads" else []
+                            res = run_fetcher(wl, urls, out, extra=pool, **kw)
+                            res.runner = runner
                         results.append((procs, res))
                         shutil.rmtree(out, ignore_errors=True)
                         print(

@@ -272,9 +272,14 @@ class Pipeline:
                 if w.reading_done and not w.complete and now - w.last_progress > limit:
                     self._give_up(w, Reason.TIMEOUT, f"shard watchdog: no progress for {limit:g}s")
 
-    def _give_up(self, writer: ShardWriter, reason: Reason, detail: str) -> None:
-        """End every outstanding row of a fully read tar with ``reason``, queued ones included."""
-        keys = {k for k, row in self._open_rows.items() if row.tar_index == writer.files.index}
+    def _give_up(self, writer: ShardWriter, reason: Reason, detail: str, host: str | None = None) -> None:
+        """End every outstanding row of a fully read tar (or its rows on ``host``) with ``reason``, queued
+        ones included."""
+        keys = {
+            k
+            for k, row in self._open_rows.items()
+            if row.tar_index == writer.files.index and (host is None or self._row_info[k][0] == host)
+        }
         self.scheduler.drop(keys)
         for key in keys:
             row = self._open_rows[key]
@@ -303,6 +308,14 @@ class Pipeline:
         hosts = {self._row_info[k][0] for k, row in self._open_rows.items() if row.tar_index == index}
         if not hosts or not all(self.scheduler.struggling(h) for h in hosts):
             self._tail_since.pop(index, None)
+            return
+        why = {h: self.scheduler.given_up(h) for h in hosts}
+        if all(why.values()):
+            # Their breakers already say these hosts fail (timeouts, 5xx, refused): waiting out a cool-down
+            # would only hold the tar open. Retryable: --retry-failed fetches them later.
+            for host, reason in why.items():
+                detail = f"{reason}; its last rows given up with their tar (--retry-failed retries them)"
+                self._give_up(writer, Reason.HOST_UNAVAILABLE, detail, host)
             return
         since = self._tail_since.setdefault(index, now)
         if now - since >= self.tail_bound:

@@ -295,6 +295,13 @@ class Scheduler:
         slot = self._slots.get(key)
         return slot is not None and (slot.state.failures > 0 or slot.state.is_delayed(self.clock()))
 
+    def given_up(self, key: str) -> str | None:
+        """Why host ``key`` is given up while its breaker is open (cooling down, probing) or dead; else None."""
+        slot = self._slots.get(key)
+        if slot is None or slot.state.breaker is Breaker.CLOSED:
+            return None
+        return f"host {key} given up after {slot.state.failures} consecutive connect failures/timeouts/5xx"
+
     @property
     def hosts_given_up(self) -> int:
         """Hosts whose breaker is open or dead right now."""
@@ -311,6 +318,9 @@ class Scheduler:
             slot.state.give_up(busy.at)
             self._maybe_ready(slot, now)
         else:
+            shared = self.box.learned(slot.key)
+            if shared is not None:
+                slot.state.mirror(shared.failures, busy.at)
             slot.in_heap = True
             heapq.heappush(self._ready, (busy.at, next(self._seq), slot))
         return False
@@ -337,8 +347,7 @@ class Scheduler:
         until = slot.state.dead_until - self.clock()
         job.verdict = FetchOutcome(
             reason=Reason.HOST_UNAVAILABLE,
-            detail=f"host {slot.key} given up after {slot.state.failures} consecutive connect failures/timeouts/5xx"
-            f" (next probe in {max(0.0, until):.0f}s)",
+            detail=f"{self.given_up(slot.key)} (next probe in {max(0.0, until):.0f}s)",
         )
         self.counters.failed_fast += 1
         self._failfast.append(job)

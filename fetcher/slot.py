@@ -145,6 +145,15 @@ class SlotState:
             self.pause_until = max(self.pause_until, now + cooldown)
             v.breaker_opened = True
 
+    def mirror(self, failures: int, pause_until: float) -> None:
+        """The box (or fleet) counts ``failures`` in a row for this host and pauses it: when that opens
+        the breaker, open it here too, so this process's rows know the host is failing (tail, progress)."""
+        self.failures = max(self.failures, failures)
+        threshold = self.tuning.breaker_threshold
+        if self.breaker is Breaker.CLOSED and threshold and self.failures >= threshold:
+            self.breaker = Breaker.OPEN
+            self.pause_until = max(self.pause_until, pause_until)
+
     def give_up(self, until: float) -> None:
         """Another process on the box found the host dead: fail queued rows fast until ``until``."""
         self.breaker = Breaker.DEAD

@@ -81,7 +81,8 @@ def test_tail_of_a_tar_is_bounded_by_tail_timeout(farm: Farm, tmp_path: Path) ->
     bad = [rows[u] for u in all_urls if u not in set(good)]
     reasons = {r["error_message"] for r in bad}
     assert reasons <= {r.value for r in RETRY_FAILED_REASONS}, reasons  # --retry-failed picks them all up
-    assert "tail_timeout" in reasons, reasons
+    # Given up at the tail: at once for hosts whose breaker is open, after --tail-timeout for slowed ones.
+    assert reasons & {"tail_timeout", "host_unavailable"}, reasons
 
 
 def _single_tar_run(farm: Farm, tmp_path: Path, tag: str) -> tuple[list[str], list[str]]:

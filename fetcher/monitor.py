@@ -148,10 +148,13 @@ class Monitor:
         site = web.TCPSite(self._runner, host, port)
         try:
             await site.start()
-        except OSError as exc:
+        except (OSError, AttributeError) as exc:
             # Metrics are for watching, not for the data: a busy port (a second run on the box) must
             # not cost a days-long download. Say so on one line and go on without the endpoint.
-            log.warning("no metrics endpoint, cannot listen on %s:%s: %s", host, port, exc.strerror)
+            # (AttributeError: aiohttp reading the port of a server uvloop closed at once, seen when
+            # another process took the port in the same instant.)
+            why = exc.strerror if isinstance(exc, OSError) else "the listening socket closed at once"
+            log.warning("no metrics endpoint, cannot listen on %s:%s: %s", host, port, why)
             await self._runner.cleanup()
             self._runner = None
             return

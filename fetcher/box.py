@@ -212,6 +212,8 @@ def engine_main(cfg: Config, index: int, handle: BoxHandle, conn: Connection) ->
     _die_with_parent()
     os.setpgrp()
     setup_logging(cfg.monitor.log_format)
+    # The box parent already said how it claimed the output (new run / resuming); engines re-check quietly.
+    logging.getLogger("fetcher.runrecord").setLevel(logging.WARNING)
     table = BoxSlots.attach(handle, index)
     report = EngineReport(stats=RunStats())
     pipeline: Pipeline | None = None

@@ -6,9 +6,10 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, get_type_hints
 
 OUT = Path(__file__).resolve().parent / "out"
+F = TypeVar("F")
 
 
 @dataclass
@@ -57,3 +58,27 @@ def save(name: str, tables: list[Table]) -> Path:
     tmp.write_text(json.dumps([t.to_json() for t in tables], indent=1, default=str))
     os.replace(tmp, path)
     return path
+
+
+def parse_flags(argv: list[str], cls: type[F], renames: dict[str, str] | None = None) -> F:
+    """A section's ``--name[=value]`` flags into its Flags dataclass (``--field-name``, or ``renames``):
+    bool fields are switches, list fields comma-separated, numbers parsed. Other sections' flags are ignored."""
+    out = cls()
+    hints = get_type_hints(cls)
+    names = {"--" + name.replace("_", "-"): name for name in hints}
+    names.update(renames or {})
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        name = names.get(key)
+        if name is None:
+            continue
+        hint = hints[name]
+        if hint is bool:
+            setattr(out, name, True)
+        elif hint == list[int]:
+            setattr(out, name, [int(x) for x in value.split(",") if x])
+        elif hint == list[str]:
+            setattr(out, name, value.split(","))
+        else:
+            setattr(out, name, hint(value))
+    return out

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import chart
+from bench import chart, common
 from bench.common import OUT, Table
 from bench.farmsets import LAION_SIZES, PHOTO_SIZES, ROOT, SMALL_SIZES, Workload, farm_process, warm
 from bench.peerenv import img2dataset_bin
@@ -69,20 +69,7 @@ class Flags:
 
 def parse_flags(flags: list[str]) -> Flags:
     """Our flags; flags meant for other sections are ignored."""
-    f = Flags()
-    for a in flags:
-        key, _, value = a.partition("=")
-        if key == "--quick":
-            f.quick = True
-        elif key == "--workloads":
-            f.workloads = value.split(",")
-        elif key == "--runners":
-            f.runners = value.split(",")
-        elif key == "--rows-scale":
-            f.scale = float(value)
-        elif key == "--profile":
-            f.profile = True
-    return f
+    return common.parse_flags(flags, Flags, {"--rows-scale": "scale"})
 
 
 @dataclass

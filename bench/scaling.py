@@ -24,6 +24,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from bench import common
 from bench.chart import COLOURS, _font
 from bench.common import OUT, Table
 from bench.farmsets import LAION_SIZES, Workload, farm_process, warm
@@ -47,18 +48,7 @@ class Flags:
 
 def parse_flags(argv: list[str]) -> Flags:
     """Our flags; flags meant for other sections are ignored."""
-    f = Flags()
-    for a in argv:
-        key, _, value = a.partition("=")
-        if key == "--quick":
-            f.quick = True
-        elif key == "--procs":
-            f.procs = [int(x) for x in value.split(",") if x]
-        elif key == "--workloads":
-            f.workloads = value.split(",")
-        elif key == "--runners":
-            f.runners = value.split(",")
-    return f
+    return common.parse_flags(argv, Flags)
 
 
 def workloads(quick: bool) -> list[Workload]:

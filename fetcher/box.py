@@ -85,7 +85,7 @@ class Box:
         self.plan = plan
         self.count = engines
         self.stats = plan.new_stats()
-        self.monitor = BoxMonitor(cfg.monitor, self.stats, cfg.run.shard_pair, plan.output.local_root, engines)
+        self.monitor = BoxMonitor(cfg.monitor, self.stats, cfg.run.shard_pair, plan.output.local_root)
         self.engines: list[_Engine] = []
         self.signalled: signal.Signals | None = None
         self.table: BoxSlots | None = None
@@ -212,13 +212,11 @@ def engine_main(cfg: Config, index: int, handle: BoxHandle, conn: Connection) ->
     _die_with_parent()
     os.setpgrp()
     setup_logging(cfg.monitor.log_format)
-    # The box parent already said how it claimed the output (new run / resuming); engines re-check quietly.
-    logging.getLogger("fetcher.runrecord").setLevel(logging.WARNING)
     table = BoxSlots.attach(handle, index)
     report = EngineReport(stats=RunStats())
     pipeline: Pipeline | None = None
     try:
-        pipeline = Pipeline(prepare(cfg), box=table)
+        pipeline = Pipeline(prepare(cfg, claim=False), box=table)  # the parent claimed the output
         pipeline.monitor.public = False
         uvloop.run(_run_reporting(pipeline, conn))
     except (RunAborted, ConfigError) as exc:

@@ -82,12 +82,9 @@ def merge_expositions(texts: list[str], shard: tuple[int, int]) -> str:
 class BoxMonitor(Monitor):
     """The parent's Monitor: its stats are the engines' sum, its /metrics the engines' merged."""
 
-    def __init__(
-        self, opts: MonitorOptions, stats: RunStats, shard: tuple[int, int], output_dir: str, processes: int
-    ) -> None:
+    def __init__(self, opts: MonitorOptions, stats: RunStats, shard: tuple[int, int], output_dir: str) -> None:
         super().__init__(opts, stats, shard, output_dir)
         self.shard = shard
-        self.processes = processes
         self.ports: dict[int, int] = {}  # running engine index -> its private metrics port
         # Last exposition seen of every engine (a finished one's final one), so the box's counters
         # never go down when an engine ends or misses a scrape.

@@ -23,8 +23,8 @@ from fetcher.hostlimits import SlotLimits
 
 ENTRIES = 1 << 17  # ~6 MB of doubles; collisions among 2,000 busy hosts: ~15 pairs, each only stricter
 POLL = 0.02  # seconds before looking again at a host whose box-wide concurrency is full
-_TAT, _PAUSE, _LAST, _DELAY, _DEAD, _FAILS = range(6)  # doubles per entry
-_DOUBLES = 6
+_TAT, _PAUSE, _LAST, _DELAY, _DEAD, _FAILS, _COOL = range(7)  # doubles per entry
+_DOUBLES = 7
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,11 @@ class SharedSlots(Protocol):
     def try_start(self, key: str, limits: SlotLimits, now: float) -> Busy | None:
         """Take a lease for a request to ``key`` starting now, or say when to look again."""
 
-    def finish(self, key: str, pause_until: float, delay: float, dead_until: float, failures: int) -> None:
-        """Hand a lease back with what its answer taught about the host."""
+    def finish(
+        self, key: str, pause_until: float, delay: float, dead_until: float, failures: int, cooldown_until: float = 0.0
+    ) -> None:
+        """Hand a lease back with what its answer taught about the host (``cooldown_until``: its breaker is
+        open until then; 0 once an answer closed it)."""
 
     def learned(self, key: str) -> Learned | None:
         """The host's consecutive host-down outcomes and adaptive delay among the sharers (None: unknown)."""
@@ -117,7 +120,7 @@ class BoxSlots:
         with self._lock:
             if d[o + _DEAD] > now:
                 return Busy(d[o + _DEAD], dead=True)
-            at = max(d[o + _PAUSE], d[o + _LAST] + d[o + _DELAY])
+            at = max(d[o + _PAUSE], d[o + _COOL], d[o + _LAST] + d[o + _DELAY])
             if limits.rate > 0:
                 at = max(at, d[o + _TAT] - (limits.burst - 1) / limits.rate)
             if at > now:
@@ -136,8 +139,11 @@ class BoxSlots:
         o = self.entry(key) * _DOUBLES
         return Learned(int(self._d[o + _FAILS]), self._d[o + _DELAY])
 
-    def finish(self, key: str, pause_until: float, delay: float, dead_until: float, failures: int) -> None:
-        """Hand the lease back and share what the answer taught this process about the host."""
+    def finish(
+        self, key: str, pause_until: float, delay: float, dead_until: float, failures: int, cooldown_until: float = 0.0
+    ) -> None:
+        """Hand the lease back and share what the answer taught this process about the host. Retry-After
+        pauses and dead times only grow; the breaker's cool-down is the latest answer's view."""
         i = self.entry(key)
         d = self._d
         o = i * _DOUBLES
@@ -149,6 +155,7 @@ class BoxSlots:
             d[o + _DELAY] = delay
             d[o + _DEAD] = max(d[o + _DEAD], dead_until)
             d[o + _FAILS] = failures
+            d[o + _COOL] = cooldown_until
 
     def inflight(self, key: str) -> int:
         """Requests in flight to ``key`` across the box."""

@@ -38,12 +38,12 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 local conc, rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-local s = redis.call('HMGET', KEYS[1], 'tat', 'pause', 'last', 'delay', 'dead', 'fails')
+local s = redis.call('HMGET', KEYS[1], 'tat', 'pause', 'last', 'delay', 'dead', 'fails', 'cool')
 local tat, pause = tonumber(s[1]) or 0, tonumber(s[2]) or 0
 local last, delay = tonumber(s[3]) or 0, tonumber(s[4]) or 0
-local dead, fails = tonumber(s[5]) or 0, tonumber(s[6]) or 0
+local dead, fails, cool = tonumber(s[5]) or 0, tonumber(s[6]) or 0, tonumber(s[7]) or 0
 if dead > now then return {2, tostring(dead - now), fails, tostring(delay)} end
-local at = math.max(pause, last + delay)
+local at = math.max(pause, cool, last + delay)
 if rate > 0 then at = math.max(at, tat - (burst - 1) / rate) end
 if at > now then return {1, tostring(at - now), fails, tostring(delay)} end
 if redis.call('ZCARD', KEYS[2]) >= conc then return {1, ARGV[6], fails, tostring(delay)} end
@@ -55,7 +55,7 @@ redis.call('EXPIRE', KEYS[2], tonumber(ARGV[7]))
 return {0, '0', fails, tostring(delay)}
 """
 
-# KEYS: state hash, leases zset. ARGV: lease id, pause in (s), delay, dead in (s), failures.
+# KEYS: state hash, leases zset. ARGV: lease id, pause in (s), delay, dead in (s), failures, cool-down in (s).
 _FINISH = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
@@ -65,7 +65,11 @@ local pause, dead = tonumber(s[1]) or 0, tonumber(s[2]) or 0
 local pause_in, dead_in = tonumber(ARGV[2]), tonumber(ARGV[4])
 if pause_in > 0 then pause = math.max(pause, now + pause_in) end
 if dead_in > 0 then dead = math.max(dead, now + dead_in) end
-redis.call('HSET', KEYS[1], 'pause', tostring(pause), 'delay', ARGV[3], 'dead', tostring(dead), 'fails', ARGV[5])
+local cool_in = tonumber(ARGV[6])
+local cool = 0
+if cool_in > 0 then cool = now + cool_in end
+redis.call('HSET', KEYS[1], 'pause', tostring(pause), 'delay', ARGV[3], 'dead', tostring(dead), 'fails', ARGV[5],
+  'cool', tostring(cool))
 return 1
 """
 
@@ -146,12 +150,14 @@ class RedisSlots:
                 return Busy(now + float(wait), dead=int(code) == 2)
         return self.local.try_start(key, limits, now) if self.local is not None else None
 
-    def finish(self, key: str, pause_until: float, delay: float, dead_until: float, failures: int) -> None:
+    def finish(
+        self, key: str, pause_until: float, delay: float, dead_until: float, failures: int, cooldown_until: float = 0.0
+    ) -> None:
         """Hand the lease back and share what the answer taught about the host."""
         held = self._leases.get(key)
         if not held:  # started on the local fallback
             if self.local is not None:
-                self.local.finish(key, pause_until, delay, dead_until, failures)
+                self.local.finish(key, pause_until, delay, dead_until, failures, cooldown_until)
             return
         lease = held.pop()
         if not held:
@@ -160,8 +166,9 @@ class RedisSlots:
         now = time.monotonic()
         pause_in = max(0.0, pause_until - now)
         dead_in = max(0.0, dead_until - now)
+        cool_in = max(0.0, cooldown_until - now)
         try:
-            self._finish(keys=self._keys(key), args=[lease, pause_in, delay, dead_in, failures])
+            self._finish(keys=self._keys(key), args=[lease, pause_in, delay, dead_in, failures, cool_in])
         except self._errors as exc:
             self._down(exc)  # the lease lapses on its own
 

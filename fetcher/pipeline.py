@@ -89,8 +89,9 @@ def stop_line(why: str, stats: RunStats, c: StopCounts) -> str:
     )
 
 
-def prepare(cfg: Config) -> RunPlan:
-    """Open inputs, plan this shard's tars and find those already complete. Raises ConfigError."""
+def prepare(cfg: Config, claim: bool = True) -> RunPlan:
+    """Open inputs, plan this shard's tars and find those already complete; ``claim``: check (or write)
+    the output's run record too. Raises ConfigError."""
     files = open_inputs(cfg.run.input, cfg.input, cfg.imaging.verify_hash)
     roots = local_roots([(f.path, reader(f.source.fmt)) for f in files], cfg.input.images_from)
     total = sum(f.num_rows for f in files)
@@ -102,7 +103,8 @@ def prepare(cfg: Config) -> RunPlan:
         raise ConfigError(f"--output {cfg.run.output}: cannot use it as the output folder ({why})") from None
     if cfg.durability.retry_failed and is_remote(cfg.run.output):
         raise ConfigError("--retry-failed rewrites finished tars in place: use it with a local --output")
-    claim_output(cfg, files, output)  # a rerun that would make other tars stops here (storage.manifest)
+    if claim:  # a box's engines plan after their parent claimed the output: checking again is redundant
+        claim_output(cfg, files, output)  # a rerun that would make other tars stops here (storage.manifest)
     todo: list[TarPlan] = []
     retries: dict[int, RetryPlan] = {}
     for t in tars:

@@ -245,7 +245,9 @@ class Scheduler:
             st.failures, st.delay = shared.failures, shared.delay
         v = st.record(outcome, job.started, now)
         if self.box is not None:
-            self.box.finish(job.host, st.pause_until, st.delay, st.dead_until if st.is_dead(now) else 0.0, st.failures)
+            cooling = st.cooldown_until if st.breaker is Breaker.OPEN else 0.0
+            dead = st.dead_until if st.is_dead(now) else 0.0
+            self.box.finish(job.host, st.pause_until, st.delay, dead, st.failures, cooling)
         self.counters.throttled += v.throttled
         self.counters.breaker_openings += v.breaker_opened
         final = True

@@ -25,7 +25,7 @@ class Breaker(Enum):
     """Circuit breaker state of a slot."""
 
     CLOSED = "closed"  # normal
-    OPEN = "open"  # cooling down; the first request after ``pause_until`` is a probe
+    OPEN = "open"  # cooling down; the first request after ``cooldown_until`` is a probe
     PROBING = "probing"  # one probe in flight, nothing else starts
     DEAD = "dead"  # probe failed: queued rows fail fast until ``dead_until``, then probe again
 
@@ -63,7 +63,8 @@ class SlotState:
         self.tat = 0.0
         self.delay = 0.0  # adaptive: seconds between starts, raised by 429/503
         self.last_start = float("-inf")
-        self.pause_until = 0.0  # Retry-After or breaker cool-down
+        self.pause_until = 0.0  # Retry-After (the server's word: it holds whatever the breaker does)
+        self.cooldown_until = 0.0  # the open breaker's cool-down: gone as soon as an answer closes it
         self.raised_at = float("-inf")
         self.failures = 0  # consecutive host-down outcomes
         self.breaker = Breaker.CLOSED
@@ -74,6 +75,8 @@ class SlotState:
     def ready_at(self, now: float) -> float:
         """Earliest time the next request may start (concurrency aside)."""
         t = max(self.pause_until, self.last_start + self.delay)
+        if self.breaker is Breaker.OPEN:
+            t = max(t, self.cooldown_until)
         if self.limits.rate > 0:
             t = max(t, self.tat - (self.limits.burst - 1) / self.limits.rate)
         return max(t, now)
@@ -142,17 +145,17 @@ class SlotState:
             and self.failures >= self.tuning.breaker_threshold
         ):
             self.breaker = Breaker.OPEN
-            self.pause_until = max(self.pause_until, now + cooldown)
+            self.cooldown_until = max(self.cooldown_until, now + cooldown)
             v.breaker_opened = True
 
-    def mirror(self, failures: int, pause_until: float) -> None:
-        """The box (or fleet) counts ``failures`` in a row for this host and pauses it: when that opens
-        the breaker, open it here too, so this process's rows know the host is failing (tail, progress)."""
+    def mirror(self, failures: int, busy_until: float) -> None:
+        """The box (or fleet) counts ``failures`` in a row for this host and holds it until ``busy_until``:
+        when that opens the breaker, open it here too, so this process's rows know the host is failing."""
         self.failures = max(self.failures, failures)
         threshold = self.tuning.breaker_threshold
         if self.breaker is Breaker.CLOSED and threshold and self.failures >= threshold:
             self.breaker = Breaker.OPEN
-            self.pause_until = max(self.pause_until, pause_until)
+            self.cooldown_until = max(self.cooldown_until, busy_until)
 
     def give_up(self, until: float) -> None:
         """Another process on the box found the host dead: fail queued rows fast until ``until``."""

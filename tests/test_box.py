@@ -191,14 +191,25 @@ def test_three_engines_one_metrics_endpoint_every_row_once(farm: Farm, tmp_path:
     assert len(list((tmp_path / "out").glob("*_stats.json"))) == 6
 
 
+def _two_engines_input(tmp: Path, urls: list[str], per_host: int) -> tuple[Path, Path, tuple[str, ...]]:
+    """The input, output and flags of a 2-engine run writing 20-row tars."""
+    flags = ("--processes", "2", "--samples-per-tar", "20", "--per-host-concurrency", str(per_host),
+             "--metrics-address", "")  # fmt: skip
+    return write_urls(tmp / "in.parquet", urls), tmp / "out", flags
+
+
+def _wait_engines(proc: subprocess.Popen[str]) -> list[int]:
+    """The PIDs of a running box's two engine processes, once both are up."""
+    found: list[int] = wait_for(lambda: len(_engines(proc.pid)) == 2 and _engines(proc.pid), 30, "two engines")
+    return found
+
+
 def test_sigterm_stops_every_engine_and_a_rerun_finishes_exactly_once(farm: Farm, tmp_path: Path) -> None:
     urls = _slow_urls(farm, 160, 400, "boxterm")
-    inp = write_urls(tmp_path / "in.parquet", urls)
-    out = tmp_path / "out"
-    flags = ("--processes", "2", "--samples-per-tar", "20", "--per-host-concurrency", "1", "--metrics-address", "")
+    inp, out, flags = _two_engines_input(tmp_path, urls, per_host=1)
     proc = _start(inp, out, *flags)
     with reaped(proc):
-        engines = wait_for(lambda: len(_engines(proc.pid)) == 2 and _engines(proc.pid), 30, "two engine processes")
+        engines = _wait_engines(proc)
         wait_for(lambda: list(out.glob("*_stats.json")), 60, "a first finished tar")
         proc.send_signal(signal.SIGTERM)
         err = finish(proc, 60)
@@ -212,12 +223,10 @@ def test_sigterm_stops_every_engine_and_a_rerun_finishes_exactly_once(farm: Farm
 
 def test_an_engine_killed_midway_exits_75_and_a_rerun_finishes(farm: Farm, tmp_path: Path) -> None:
     urls = _slow_urls(farm, 120, 1000, "boxkill")  # each engine busy ~4 s: the kill lands mid-run
-    inp = write_urls(tmp_path / "in.parquet", urls)
-    out = tmp_path / "out"
-    flags = ("--processes", "2", "--samples-per-tar", "20", "--per-host-concurrency", "2", "--metrics-address", "")
+    inp, out, flags = _two_engines_input(tmp_path, urls, per_host=2)
     proc = _start(inp, out, *flags)
     with reaped(proc):
-        engines = wait_for(lambda: len(_engines(proc.pid)) == 2 and _engines(proc.pid), 30, "two engine processes")
+        engines = _wait_engines(proc)
         time.sleep(1.0)
         os.kill(engines[0], signal.SIGKILL)
         err = finish(proc, 120)

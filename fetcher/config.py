@@ -101,8 +101,9 @@ class RunOptions:
     )
     imaging_pool: str = opt(
         "--imaging-pool",
-        "processes",
-        "imaging workers as threads of the engine (no copies) or processes (isolated: --worker-max-memory)",
+        "threads",
+        "imaging workers as threads of the engine (no copies; small images on its loop) or processes"
+        " (isolated: --worker-max-memory)",
         choices=IMAGING_POOLS,
     )
     max_bytes_in_flight: int = opt(

@@ -352,9 +352,29 @@ def process_image(data: bytes, opts: ImageOptions, expected_hash: str | None = N
 
     ``expected_hash`` (from ``--verify-hash``) is compared with the ``--hash`` of ``data`` first.
     """
+    out = _timed(data, opts, expected_hash, 0)
+    assert out is not None  # no pixel limit: every image is done here
+    return out
+
+
+def process_small_image(
+    data: bytes, opts: ImageOptions, expected_hash: str | None, max_pixels: int
+) -> ImageOutcome | None:
+    """:func:`process_image` for an image of at most ``max_pixels`` (by its header); None for a larger
+    one, left for a worker (cheap enough for the event loop, whatever its bytes claim)."""
+    return _timed(data, opts, expected_hash, max_pixels)
+
+
+class _Elsewhere(Exception):
+    """The image is over the caller's pixel limit: nothing done, the caller sends it to a worker."""
+
+
+def _timed(data: bytes, opts: ImageOptions, expected_hash: str | None, max_pixels: int) -> ImageOutcome | None:
     start = time.process_time()
     try:
-        out = _process(data, opts, expected_hash)
+        out = _process(data, opts, expected_hash, max_pixels)
+    except _Elsewhere:
+        return None
     except MemoryError:
         raise  # the worker pool names it (--worker-max-memory); the worker itself is fine
     except ImageTooComplex as exc:
@@ -404,7 +424,7 @@ def _not_allowed(data: bytes, detail: str) -> ImageOutcome:
     return ImageOutcome(reason=Reason.UNSUPPORTED_FORMAT, detail=f"format {fmt} not in --allowed-formats")
 
 
-def _process(data: bytes, opts: ImageOptions, expected_hash: str | None) -> ImageOutcome:
+def _process(data: bytes, opts: ImageOptions, expected_hash: str | None, max_pixels: int = 0) -> ImageOutcome:
     digest = hash_bytes(data, opts.hash)
     if expected_hash is not None and digest is not None and expected_hash.strip().lower() != digest:
         detail = f"{opts.hash} {digest} != {expected_hash}"[:200]
@@ -416,6 +436,8 @@ def _process(data: bytes, opts: ImageOptions, expected_hash: str | None) -> Imag
         if isinstance(opened, ImageOutcome):
             opened.hash = digest
             return opened
+        if max_pixels and opened.width * opened.height > max_pixels:
+            raise _Elsewhere
         out = _render_outcome(data, opened, opts)
     out.hash = digest
     return out

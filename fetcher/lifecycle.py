@@ -65,7 +65,9 @@ class DurabilityOptions:
     )
     disk_check_interval: float = opt("--disk-check-interval", 10.0, "seconds between free-space checks")
     worker_max_memory: str = opt(
-        "--worker-max-memory", "2G", "address-space cap of each imaging worker (0 = none); over it = named failure"
+        "--worker-max-memory",
+        "2G",
+        "address-space cap of each imaging worker process (--imaging-pool processes; 0 = none); over it = named failure",
     )
 
     @property

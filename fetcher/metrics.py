@@ -262,7 +262,7 @@ class _LiveCollector(Collector):
         gauges: tuple[tuple[str, str, float], ...] = (
             ("fetcher_inflight_requests", "HTTP requests in flight", src.inflight_requests()),
             ("fetcher_in_flight_bytes", "downloaded bytes not yet through imaging", src.bytes_in_flight()),
-            ("fetcher_imaging_workers_busy", "imaging worker processes working", src.busy_workers()),
+            ("fetcher_imaging_workers_busy", "imaging workers working", src.busy_workers()),
             ("fetcher_imaging_workers", "imaging worker processes", src.workers()),
             ("fetcher_delayed_hosts", "hosts currently waiting out a delay or breaker", src.delayed_hosts()),
             ("fetcher_shard_rows_planned", "rows this run has to finish", m.planned_rows),

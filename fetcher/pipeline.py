@@ -417,6 +417,7 @@ class Pipeline:
             task.add_done_callback(self._tasks.discard)
             task.add_done_callback(lambda _t: self._maybe_stopped())
             await self.budget.wait_room()
+            await self.pool.wait_room()
             await self.disk.wait_ok()
 
     async def _handle(self, job: Job) -> None:

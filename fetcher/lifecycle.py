@@ -67,7 +67,8 @@ class DurabilityOptions:
     worker_max_memory: str = opt(
         "--worker-max-memory",
         "2G",
-        "address-space cap of each imaging worker process (--imaging-pool processes; 0 = none); over it = named failure",
+        "address-space cap of each imaging worker process (--imaging-pool processes; 0 = none);"
+        " over it = named failure",
     )
 
     @property

@@ -81,7 +81,8 @@ def test_hostile_images_are_named_failures_with_bounded_worker_memory(farm: Farm
     inp = write_urls(tmp_path / "urls.parquet", [*urls, farm.url(f"/img/medium.jpg?bomb={tag}")])
     out = tmp_path / "out"
     run_fetcher("--input", str(inp), "--output", str(out), "--allow-private-networks", "--processes", "1",
-                "--imaging-pool", "processes", "--worker-max-memory", "300M", "--max-image-pixels", "100000000")  # fmt: skip
+                "--imaging-pool", "processes", "--worker-max-memory", "300M",
+                "--max-image-pixels", "100000000")  # fmt: skip
     rows = {r["url"]: r for r in results_table(out).to_pylist()}
     for url, reason in zip(urls, cases.values(), strict=True):
         assert rows[url]["error_message"] == reason, rows[url]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import threading
 import time
 
@@ -57,7 +58,7 @@ async def test_threads_pool_keeps_the_loop_free_for_a_small_file_of_many_pixels(
         ticker.cancel()
     assert out.ok and (out.width, out.height) == (64, 64)
     assert took > 0.2  # a real decode: long enough to see a blocked loop
-    during = [b - a for a, b in zip(ticks, ticks[1:], strict=False) if a >= start]
+    during = [b - a for a, b in itertools.pairwise(ticks) if a >= start]
     assert during and max(during) < 0.15, f"the loop stalled {max(during):.2f}s while a worker decoded"
 
 

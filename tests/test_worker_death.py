@@ -110,7 +110,8 @@ def test_sigkilled_fetcher_leaves_no_helper_processes(farm: Farm, tmp_path: Path
     inp = write_urls(tmp_path / "urls.parquet", urls)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "fetcher", "--input", str(inp), "--output", str(tmp_path / "out"),
-           "--allow-private-networks", "--processes", "2", "--min-free-disk", "0", "--imaging-pool", "processes"]  # fmt: skip
+           "--allow-private-networks", "--processes", "2", "--min-free-disk", "0",
+           "--imaging-pool", "processes"]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         helpers: set[int] = set()

@@ -14,6 +14,7 @@ COLOURS = {
     "img2dataset": (255, 127, 14),
     "baseline": (127, 127, 127),
     "imaging-limit": (44, 160, 44),
+    "fetcher-processes": (148, 103, 189),
 }
 _PANEL_W, _PANEL_H, _PAD = 330, 260, 40
 

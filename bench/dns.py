@@ -105,9 +105,17 @@ def url_lists(rows: int, names: int, port: int) -> tuple[list[str], list[str]]:
     return ip, named
 
 
+@dataclass(frozen=True)
+class NamedFarm:
+    """The farm's port, and the pids of its server and DNS server (whose CPU a bench may report)."""
+
+    port: int
+    pids: tuple[int, ...]
+
+
 @contextmanager
-def named_farm(latency_ms: float) -> Iterator[int]:
-    """The farm on IMAGE_HOSTS and its DNS server on DNS_HOST:53, each in a child process; yields the port.
+def named_farm(latency_ms: float) -> Iterator[NamedFarm]:
+    """The farm on IMAGE_HOSTS and its DNS server on DNS_HOST:53, each in a child process.
 
     Apart, as on the Internet: image traffic on the farm's event loop never delays a DNS answer.
     """
@@ -116,8 +124,8 @@ def named_farm(latency_ms: float) -> Iterator[int]:
     farm = [sys.executable, "-m", "fetcher.farm", "serve", "--port", str(port), *addresses]
     dns = [sys.executable, "-m", "fetcher.farm", "dns", "--dns-address", DNS_HOST, "--dns-port", "53"]
     dns += ["--latency", str(latency_ms), *addresses]
-    with serving(farm), serving(dns):
-        yield port
+    with serving(farm) as farm_proc, serving(dns) as dns_proc:
+        yield NamedFarm(port, (farm_proc.pid, dns_proc.pid))
 
 
 @dataclass
@@ -178,16 +186,23 @@ def run_img2dataset(name: str, urls: Path, out: Path, rows: int, named: bool) ->
         "--distributor", "multiprocessing", "--enable_wandb", "False",
     ]  # fmt: skip
     if named:
-        conf = out.parent / "resolv.conf"
-        conf.write_text(f"nameserver {DNS_HOST}\noptions timeout:5 attempts:2\n")
-        script = f'mount --bind "{conf}" /etc/resolv.conf && exec "$@"'
-        cmd = ["unshare", "-m", "sh", "-c", script, "img2dataset", *cmd]
+        cmd = asking_farm_dns(cmd, out.parent)
     m = measure(cmd, env=_env(), cwd=str(out.parent))
     note = f"exit {m.returncode}: {m.stderr_tail.strip()[-300:]}" if m.returncode else ""
     return Run(name, rows, _images(out), m.wall, m.cpu, m.peak_rss, m.returncode, note)
 
 
-def _check_unshare() -> str | None:
+def asking_farm_dns(cmd: list[str], work: Path) -> list[str]:
+    """``cmd`` run in a private mount namespace whose /etc/resolv.conf names the farm's DNS server, so
+    glibc's getaddrinfo (img2dataset's resolver) asks the same slow resolver fetcher does."""
+    conf = work / "resolv.conf"
+    conf.write_text(f"nameserver {DNS_HOST}\noptions timeout:5 attempts:2\n")
+    script = f'mount --bind "{conf}" /etc/resolv.conf && exec "$@"'
+    return ["unshare", "-m", "sh", "-c", script, "img2dataset", *cmd]
+
+
+def check_unshare() -> str | None:
+    """None when a private mount namespace can be made here, else why not."""
     probe = subprocess.run(["unshare", "-m", "true"], capture_output=True, text=True)
     return None if probe.returncode == 0 else (probe.stderr.strip() or "unshare -m failed")
 
@@ -199,8 +214,8 @@ def run(argv: list[str]) -> list[Table]:
     results: dict[str, list[Run]] = {}
     skipped: list[str] = []
     try:
-        with named_farm(f.latency_ms) as port:
-            ip, named = url_lists(f.rows, f.names, port)
+        with named_farm(f.latency_ms) as farm:
+            ip, named = url_lists(f.rows, f.names, farm.port)
             lists = {
                 "ip": write_urls(work / "ip.parquet", ip, "dns bench"),
                 "dns": write_urls(work / "dns.parquet", named, "dns bench"),
@@ -210,7 +225,7 @@ def run(argv: list[str]) -> list[Table]:
             print(f"dns: {f.rows} rows, {distinct} names, farm warmed in {warmed:.0f} s", file=sys.stderr, flush=True)
             for name in [n for _ in range(f.repeat) for n in f.runs]:  # interleaved: drift hits all alike
                 tool, kind = name.split("/")
-                if tool == "img2dataset" and kind == "dns" and (why := _check_unshare()):
+                if tool == "img2dataset" and kind == "dns" and (why := check_unshare()):
                     skipped.append(f"{name}: skipped, no private mount namespace ({why})")
                     continue
                 out = work / name.replace("/", "-")

@@ -87,7 +87,7 @@ def free_port(address: str = "127.0.0.1") -> int:
 
 
 @contextmanager
-def serving(cmd: list[str]) -> Iterator[None]:
+def serving(cmd: list[str]) -> Iterator[subprocess.Popen[str]]:
     """Run a farm server command (``python -m fetcher.farm ...``) in a child process until the block ends."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -95,7 +95,7 @@ def serving(cmd: list[str]) -> Iterator[None]:
         line = proc.stdout.readline() if proc.stdout else ""
         if "serving" not in line:
             raise RuntimeError(f"{' '.join(cmd[2:5])} did not start: {line.strip()}")
-        yield
+        yield proc
     finally:
         proc.terminate()
         try:

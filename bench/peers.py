@@ -166,8 +166,16 @@ def run_fetcher(
     return _from_measurement(wl, "fetcher", m, _tar_images(out), _dir_bytes(out))
 
 
-def run_img2dataset(wl: Workload, urls: Path, out: Path, processes: int = 0, user_flags: bool = False) -> Result:
-    """img2dataset on the workload, ``processes`` (default: cores) x 64 threads, same flags as fetcher."""
+def run_img2dataset(
+    wl: Workload,
+    urls: Path,
+    out: Path,
+    processes: int = 0,
+    user_flags: bool = False,
+    wrap: Callable[[list[str], Path], list[str]] | None = None,
+) -> Result:
+    """img2dataset on the workload, ``processes`` (default: cores) x 64 threads, same flags as fetcher;
+    ``wrap`` rewrites the command (e.g. to run it against the farm's resolver)."""
     procs = processes or CORES
     # Several shards per process, so one slow shard does not leave a core idle at the end.
     per_shard = max(1, -(-wl.rows // (4 * procs)))
@@ -181,6 +189,8 @@ def run_img2dataset(wl: Workload, urls: Path, out: Path, processes: int = 0, use
     ]  # fmt: skip
     if user_flags:
         cmd += ["--resize_only_if_bigger", "True", "--skip_reencode", "True"]
+    if wrap is not None:
+        cmd = wrap(cmd, out.parent)
     m = measure(cmd, env=_env(), cwd=str(out.parent))
     return _from_measurement(wl, "img2dataset", m, _tar_images(out), _dir_bytes(out))
 

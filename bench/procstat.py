@@ -72,6 +72,12 @@ def _stat(pid: int) -> tuple[int, float, int] | None:
     return ppid, cpu, rss
 
 
+def cpu_seconds(pid: int) -> float:
+    """user+sys seconds one process has used so far (0 once it is gone)."""
+    st = _stat(pid)
+    return st[1] if st is not None else 0.0
+
+
 def _pss(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:

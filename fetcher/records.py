@@ -72,30 +72,71 @@ class Reason(StrEnum):
     INTERNAL_ERROR = "internal_error"
 
     @property
+    def facts(self) -> ReasonFacts:
+        """What this failure means for the run (see REASON_FACTS)."""
+        return REASON_FACTS.get(self, _PLAIN)
+
+    @property
     def status(self) -> Status:
         """The img2dataset-style status column value for this reason."""
         if self is Reason.FILTERED:
             return Status.FILTERED
-        if self in _RESIZE_REASONS:
-            return Status.FAILED_TO_RESIZE
-        return Status.FAILED_TO_DOWNLOAD
+        return Status.FAILED_TO_RESIZE if self.facts.image else Status.FAILED_TO_DOWNLOAD
 
 
-_RESIZE_REASONS = frozenset(
-    {
-        Reason.NOT_AN_IMAGE,
-        Reason.UNSUPPORTED_FORMAT,
-        Reason.DECODE_ERROR,
-        Reason.TRUNCATED_IMAGE,
-        Reason.IMAGE_TOO_COMPLEX,
-        Reason.DECOMPRESSION_BOMB,
-        Reason.IMAGE_TOO_SMALL,
-        Reason.IMAGE_TOO_LARGE,
-        Reason.ASPECT_RATIO,
-        Reason.HASH_MISMATCH,
-        Reason.ENCODE_ERROR,
-    }
-)
+@dataclass(frozen=True)
+class ReasonFacts:
+    """What a failure reason means, in one place: adding a reason is its enum line plus its entry here.
+
+    ``image``: the bytes came but are no usable image (status ``failed_to_resize``); ``retry``: transient,
+    retried within the run (``--retries``); ``host_down``: the host itself did not answer, which feeds its
+    breaker; ``redo``: a later ``--retry-failed`` run fetches the row again.
+    """
+
+    image: bool = False
+    retry: bool = False
+    host_down: bool = False
+    redo: bool = False
+
+
+_PLAIN = ReasonFacts()  # final: a row that failed so stays failed (404, refused URL, ...)
+_IMAGE = ReasonFacts(image=True)
+_TRANSIENT = ReasonFacts(retry=True, redo=True)
+_DOWN = ReasonFacts(retry=True, redo=True, host_down=True)
+_REDO = ReasonFacts(redo=True)  # not retried in the run (it ended it), worth a --retry-failed
+
+REASON_FACTS: dict[Reason, ReasonFacts] = {
+    Reason.BLOCKED_ADDRESS: _REDO,  # a rerun may widen the address policy; re-checking costs no request
+    Reason.DNS_SERVFAIL: _DOWN,
+    Reason.DNS_TIMEOUT: _DOWN,
+    Reason.DNS_REFUSED: _TRANSIENT,
+    Reason.CONNECT_ERROR: _DOWN,
+    Reason.CONNECTION_RESET: _DOWN,
+    Reason.TIMEOUT: _DOWN,
+    Reason.TRUNCATED_BODY: _TRANSIENT,
+    Reason.HOST_UNAVAILABLE: _REDO,  # its breaker gave the host up
+    Reason.TAIL_TIMEOUT: _REDO,  # given up so its tar could be published
+    Reason.HTTP_408: _TRANSIENT,
+    Reason.HTTP_429: _TRANSIENT,
+    Reason.HTTP_5XX: _TRANSIENT,
+    Reason.NOT_AN_IMAGE: _IMAGE,
+    Reason.UNSUPPORTED_FORMAT: _IMAGE,
+    Reason.DECODE_ERROR: _IMAGE,
+    Reason.TRUNCATED_IMAGE: _IMAGE,
+    Reason.IMAGE_TOO_COMPLEX: _IMAGE,
+    Reason.DECOMPRESSION_BOMB: _IMAGE,
+    Reason.IMAGE_TOO_SMALL: _IMAGE,
+    Reason.IMAGE_TOO_LARGE: _IMAGE,
+    Reason.ASPECT_RATIO: _IMAGE,
+    Reason.HASH_MISMATCH: _IMAGE,
+    Reason.ENCODE_ERROR: _IMAGE,
+    Reason.SHUTDOWN: _REDO,  # rows of a tar stopped mid-way
+}
+
+
+def reasons_where(**facts: bool) -> frozenset[Reason]:
+    """The reasons whose facts match, e.g. ``reasons_where(retry=True)``."""
+    return frozenset(r for r in Reason if all(getattr(r.facts, k) == v for k, v in facts.items()))
 
 
 def reason_for_http_status(code: int) -> Reason:

@@ -11,31 +11,16 @@ from dataclasses import dataclass
 
 import tenacity
 
-from fetcher.records import FetchOutcome, Reason
+from fetcher.records import FetchOutcome, reasons_where
 
-# Transient by nature: the same request may well work a moment later.
-RETRYABLE = frozenset(
-    {
-        Reason.CONNECT_ERROR,
-        Reason.CONNECTION_RESET,
-        Reason.TIMEOUT,
-        Reason.TRUNCATED_BODY,
-        Reason.HTTP_408,
-        Reason.HTTP_429,
-        Reason.HTTP_5XX,
-        Reason.DNS_SERVFAIL,
-        Reason.DNS_TIMEOUT,
-        Reason.DNS_REFUSED,
-    }
-)
+# Transient by nature: the same request may well work a moment later (facts: fetcher/records.py).
+RETRYABLE = reasons_where(retry=True)
 
 # Answers that mean "slow down": they raise the host's adaptive delay.
 THROTTLING_STATUSES = frozenset({429, 503})
 
 # Failures that say the host itself is unreachable (no HTTP answer at all); they feed the breaker.
-HOST_DOWN = frozenset(
-    {Reason.CONNECT_ERROR, Reason.CONNECTION_RESET, Reason.TIMEOUT, Reason.DNS_TIMEOUT, Reason.DNS_SERVFAIL}
-)
+HOST_DOWN = reasons_where(host_down=True)
 
 
 def is_retryable(outcome: FetchOutcome) -> bool:

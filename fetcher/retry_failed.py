@@ -13,22 +13,14 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from fetcher.reader import TarPlan
-from fetcher.records import ImageOutcome, InputRow, Reason, SampleResult, Status
-from fetcher.retry import RETRYABLE
+from fetcher.records import ImageOutcome, InputRow, Reason, SampleResult, Status, reasons_where
 from storage.formats import OutputFormat
 from storage.layout import ShardFiles
 from storage.results import BASE_SCHEMA
 
-# SHUTDOWN: rows of a tar stopped mid-way; the watchdog records its rows as TIMEOUT; TAIL_TIMEOUT:
-# rows given up by --tail-timeout so their tar could be published.
-# BLOCKED_ADDRESS: refused by the address policy, which the rerun may have widened
-# (--allow-private-networks / --allow-network); re-checking costs no request when it has not.
-RETRY_FAILED_REASONS = RETRYABLE | {
-    Reason.HOST_UNAVAILABLE,
-    Reason.SHUTDOWN,
-    Reason.TAIL_TIMEOUT,
-    Reason.BLOCKED_ADDRESS,
-}
+# Rows a --retry-failed run fetches again (the transient ones, and those the run itself gave up or
+# refused under a policy the rerun may have changed): the facts live in fetcher/records.py.
+RETRY_FAILED_REASONS = reasons_where(redo=True)
 
 
 @dataclass

@@ -1,10 +1,10 @@
 """A download box: N engine processes, each running the whole pipeline on its own tars.
 
 One Python process tops out near one core of coordination work (fetch bookkeeping, tar writing), so a
-box runs ``--processes`` engine processes. Engine ``j`` of ``P`` takes the tars of the box's shard
-``i/N`` that shard ``i + j*N`` of ``N*P`` holds: tar ``k`` still holds rows ``[kS, (k+1)S)`` and is
-written by exactly one process, whatever P is, so outputs, resume and ``--shard`` mean what they
-meant. The parent does nothing per image: it holds the box-global politeness table
+box runs ``--processes`` engine processes. They take the tars of the box's shard ``i/N`` from one
+queue (``fetcher/tarfeed.py``), the next free engine the next tar: tar ``k`` still holds rows
+``[kS, (k+1)S)`` and is written by exactly one process, whatever P is, so outputs, resume and
+``--shard`` mean what they meant. The parent does nothing per image: it holds the box-global politeness table
 (``fetcher/boxslots.py``), forwards stop signals, serves one /metrics and one progress view built
 from the engines' reports, and prints one summary.
 """
@@ -22,6 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
+from typing import Any
 
 from fetcher.boxmonitor import BoxMonitor
 from fetcher.boxslots import BoxHandle, BoxSlots
@@ -31,6 +32,7 @@ from fetcher.logs import setup_logging
 from fetcher.options import ConfigError
 from fetcher.pipeline import Pipeline, RunPlan, StopCounts, prepare, run, stop_line
 from fetcher.summary import RunStats
+from fetcher.tarfeed import SharedFeed
 
 log = logging.getLogger(__name__)
 REPORT_EVERY = 1.0  # seconds between an engine's progress reports to the box
@@ -48,12 +50,10 @@ def run_box(cfg: Config) -> int:
     return Box(cfg, plan, engines).run()
 
 
-def engine_config(cfg: Config, index: int, engines: int) -> Config:
-    """Engine ``index``'s config: its sub-shard, a private metrics port, no progress view of its own."""
-    i, n = cfg.run.shard_pair
-    run = replace(cfg.run, shard=f"{i + index * n}/{n * engines}")
+def engine_config(cfg: Config) -> Config:
+    """An engine's config: the box's, with a private metrics port and no progress view of its own."""
     monitor = replace(cfg.monitor, metrics_address="127.0.0.1:0", progress="off")
-    return replace(cfg, run=run, monitor=monitor)
+    return replace(cfg, monitor=monitor)
 
 
 @dataclass
@@ -97,10 +97,12 @@ class Box:
 
         cpu = time.process_time()  # what coordinating the box costs, start-up (imports, planning) left out
         ctx = multiprocessing.get_context("spawn")
+        order = tuple(t.index for t in self.plan.todo)  # one queue of tars: the next free engine takes the next
+        cursor = ctx.Value("q", 0)
         with BoxSlots.create(self.count, ctx.Lock()) as table:
             for j in range(self.count):
                 reader, writer = ctx.Pipe(duplex=False)
-                args = (engine_config(self.cfg, j, self.count), j, table.handle, writer)
+                args = (engine_config(self.cfg), j, table.handle, writer, order, cursor)
                 proc = ctx.Process(target=engine_main, args=args, name=f"fetcher-engine-{j}")
                 proc.start()
                 writer.close()
@@ -180,7 +182,13 @@ class Box:
             per_image = 1000 * self.coordinator_cpu / max(self.stats.ok, 1)
             if self.cfg.monitor.log_format == "text":  # json: the progress view already wrote the summary object
                 sys.stderr.write(self.stats.format() + "\n")
-            log.info("box: %d engine processes, coordinator %.3f ms CPU/image", self.count, per_image)
+            tars = "/".join(str(e.stats.tars_done) for e in self.engines)
+            log.info(
+                "box: %d engine processes (tars written: %s), coordinator %.3f ms CPU/image",
+                self.count,
+                tars,
+                per_image,
+            )
         for o in aborted:
             log.error("%s", o.error)
         for e in died:
@@ -205,8 +213,11 @@ def _die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def engine_main(cfg: Config, index: int, handle: BoxHandle, conn: Connection) -> None:
-    """One engine process: the whole pipeline on its sub-shard, reporting to the box as it goes."""
+def engine_main(
+    cfg: Config, index: int, handle: BoxHandle, conn: Connection, order: tuple[int, ...], cursor: Any
+) -> None:
+    """One engine process: the whole pipeline on the tars it takes from the box's queue (``order`` and
+    the shared ``cursor``), reporting to the box as it goes."""
     import uvloop
 
     _die_with_parent()
@@ -216,7 +227,8 @@ def engine_main(cfg: Config, index: int, handle: BoxHandle, conn: Connection) ->
     report = EngineReport(stats=RunStats())
     pipeline: Pipeline | None = None
     try:
-        pipeline = Pipeline(prepare(cfg, claim=False), box=table)  # the parent claimed the output
+        # The parent claimed the output already.
+        pipeline = Pipeline(prepare(cfg, claim=False), box=table, feed=SharedFeed(order, cursor))
         pipeline.monitor.public = False
         uvloop.run(_run_reporting(pipeline, conn))
     except (RunAborted, ConfigError) as exc:

@@ -45,10 +45,11 @@ def _combine(name: str, old: float, new: float) -> float:
     return old + new
 
 
-def merge_expositions(texts: list[str], shard: tuple[int, int]) -> str:
+def merge_expositions(texts: list[str], shard: tuple[int, int], box: dict[str, float] | None = None) -> str:
     """Add up Prometheus text expositions sample by sample, families kept together in first-seen order.
 
-    The engines' ``fetcher_shard_info`` (their sub-shards) is replaced by the box's own shard.
+    The engines' ``fetcher_shard_info`` is replaced by the box's own shard, and each unlabelled sample
+    named in ``box`` by the box's own value (what only the parent knows, such as the rows planned).
     """
     families: dict[str, tuple[list[str], dict[str, float]]] = {}
     for text in texts:
@@ -69,6 +70,9 @@ def merge_expositions(texts: list[str], shard: tuple[int, int]) -> str:
             samples = current[1]
             v = float(value)
             samples[key] = _combine(metric, samples[key], v) if key in samples else v
+    for metric, own in (box or {}).items():
+        if metric in families:
+            families[metric][1][metric] = own
     shard_info = f'{_SHARD_INFO}{{shard="{shard[0]}",shards="{shard[1]}"}}'
     if _SHARD_INFO in families:
         families[_SHARD_INFO][1][shard_info] = 1.0
@@ -85,6 +89,7 @@ class BoxMonitor(Monitor):
     def __init__(self, opts: MonitorOptions, stats: RunStats, shard: tuple[int, int], output_dir: str) -> None:
         super().__init__(opts, stats, shard, output_dir)
         self.shard = shard
+        self.planned = stats.total_rows  # the box's plan: engines count the rows of the tars they take
         self.ports: dict[int, int] = {}  # running engine index -> its private metrics port
         # Last exposition seen of every engine (a finished one's final one), so the box's counters
         # never go down when an engine ends or misses a scrape.
@@ -95,6 +100,7 @@ class BoxMonitor(Monitor):
         """New counts from the engines: sum them; a row finished since last time is progress."""
         before = self.stats.rows_done
         self.stats.sum_of(parts)
+        self.stats.total_rows = self.planned - self.stats.rows_skipped
         self.metrics.planned_rows = self.stats.total_rows
         if self.stats.rows_done > before:
             self.metrics.done_rows = self.stats.rows_done
@@ -121,7 +127,8 @@ class BoxMonitor(Monitor):
             timeout = aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT)
             self._client = aiohttp.ClientSession(timeout=timeout, trust_env=False)
         await asyncio.gather(*(self._scrape(i, p) for i, p in list(self.ports.items())))
-        body = merge_expositions([self.texts[i] for i in sorted(self.texts)], self.shard)
+        planned = {"fetcher_shard_rows_planned": float(self.stats.total_rows)}
+        body = merge_expositions([self.texts[i] for i in sorted(self.texts)], self.shard, planned)
         body += (
             "# HELP fetcher_engine_processes engine processes of this box still running\n"
             "# TYPE fetcher_engine_processes gauge\n"

@@ -33,6 +33,7 @@ from fetcher.retry_failed import RetryPlan, plan_retry
 from fetcher.runrecord import claim_output
 from fetcher.scheduler import Job, Scheduler
 from fetcher.summary import RunStats
+from fetcher.tarfeed import ListFeed, TarFeed
 from fetcher.workers import ImagingPool
 from storage.backend import is_remote
 from storage.journal import LeaseLost, TarBusy
@@ -42,6 +43,7 @@ from storage.shard import ShardWriter, TarDone
 
 logger = logging.getLogger(__name__)
 TICK = 0.5  # seconds between checkpoint-interval and tail-bound checks
+OPEN_TARS_PER_ENGINE = 2  # a box engine's tars in progress: one finishing, the next already fetching
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +60,13 @@ class RunPlan:
     retries: dict[int, RetryPlan] = field(default_factory=dict)  # --retry-failed: finished tars to revisit
     local_roots: LocalRoots | None = None  # rows are local images in these folders/tars (LocalFetch)
 
+    def rows_of(self, tar: TarPlan) -> int:
+        """Rows this run has to finish in ``tar`` (all of them, or those --retry-failed revisits)."""
+        return len(self.retries[tar.index].retry_rows) if tar.index in self.retries else tar.size
+
     def new_stats(self) -> RunStats:
         """Counters for this plan: the rows it has to finish, the tars it covers."""
-        rows = sum(len(self.retries[t.index].retry_rows) if t.index in self.retries else t.size for t in self.todo)
+        rows = sum(self.rows_of(t) for t in self.todo)
         return RunStats(total_rows=rows, tars_total=len(self.tars), tars_skipped=len(self.tars) - len(self.todo))
 
 
@@ -121,10 +127,15 @@ def prepare(cfg: Config, claim: bool = True) -> RunPlan:
 class Pipeline:
     """Runs one RunPlan to completion."""
 
-    def __init__(self, plan: RunPlan, box: BoxSlots | None = None) -> None:
+    def __init__(self, plan: RunPlan, box: BoxSlots | None = None, feed: TarFeed | None = None) -> None:
         self.plan = plan
         self.cfg = plan.cfg
         self.stats = plan.new_stats()
+        # A box engine's share is the tars it takes from the box's queue: its rows count as it takes them.
+        self.feed: TarFeed = feed or ListFeed([t.index for t in plan.todo])
+        if feed is not None:
+            self.stats.total_rows = 0
+        self._tar_closed = asyncio.Event()
         sched = self.cfg.scheduler
         # A lease never outlives its request's hard deadline, so a dead box's leases lapse soon after.
         self.shared = shared_slots(sched.politeness_store, sched.politeness_prefix, self.cfg.http.timeout + 10, box)
@@ -337,8 +348,22 @@ class Pipeline:
 
     # -- stages --------------------------------------------------------------------------------
     async def _produce(self) -> None:
+        todo = {t.index: t for t in self.plan.todo}
+        shared = not isinstance(self.feed, ListFeed)
         try:
-            for tar in self.plan.todo:
+            while True:
+                # From the box's queue an engine takes a tar only when it has room for one: taking
+                # them all at once (reading is quick) would leave the engines started later idle.
+                while shared and len(self.writers) >= OPEN_TARS_PER_ENGINE:
+                    self._tar_closed.clear()
+                    await self._tar_closed.wait()
+                if (index := self.feed.take()) is None:
+                    break
+                tar = todo.get(index)
+                if tar is None:
+                    continue  # complete by the time this engine planned (a duplicate pod finished it)
+                if shared:
+                    self.stats.total_rows += self.plan.rows_of(tar)
                 try:
                     await self.disk.ensure()
                 except DiskFull as exc:
@@ -351,13 +376,13 @@ class Pipeline:
                     # A duplicate process (two pods for one index) holds or finished it: don't redo its work.
                     log.warning("skipping tar %05d: %s", tar.index, exc or "completed meanwhile")
                     self.tars_busy += 1
-                    self.stats.total_rows -= tar.size
+                    self.stats.skip_rows(self.plan.rows_of(tar))
                     self.monitor.metrics.planned_rows = self.stats.total_rows
                     continue
                 except OSError as exc:  # read-only folder, no inodes left: one line, exit 75
                     self._fail_run(_storage_error(exc, f"creating tar {tar.index:05d} in {self.cfg.run.output}"))
                     return
-                self.stats.total_rows -= writer.resumed_rows
+                self.stats.skip_rows(writer.resumed_rows)
                 self.monitor.metrics.planned_rows = self.stats.total_rows
                 self.writers[tar.index] = writer
                 if retry is not None:
@@ -487,6 +512,7 @@ class Pipeline:
         if not writer.complete or self.writers.get(writer.files.index) is not writer:
             return
         del self.writers[writer.files.index]
+        self._tar_closed.set()
         self._finalizers.append(asyncio.create_task(self._finalize(writer)))
         self._maybe_stopped()
 

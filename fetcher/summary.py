@@ -16,6 +16,7 @@ class RunStats:
     """Counts of one run; updated once per final row result."""
 
     total_rows: int = 0
+    rows_skipped: int = 0  # planned rows this run will not do: kept in a checkpoint, or their tar busy elsewhere
     tars_total: int = 0
     tars_skipped: int = 0
     tars_done: int = 0
@@ -35,6 +36,11 @@ class RunStats:
     oldest_age: float = 0.0
     hosts_given_up: int = 0
 
+    def skip_rows(self, n: int) -> None:
+        """``n`` planned rows are not this run's to do after all."""
+        self.total_rows -= n
+        self.rows_skipped += n
+
     def record(self, res: SampleResult) -> None:
         """Count one final row result."""
         self.rows_done += 1
@@ -48,7 +54,7 @@ class RunStats:
 
     def sum_of(self, parts: list[RunStats]) -> None:
         """Set this run's counts to the sum of ``parts`` (the engine processes of one box)."""
-        for name in ("tars_done", "rows_done", "ok", "bytes_downloaded", "bytes_written"):
+        for name in ("tars_done", "rows_done", "rows_skipped", "ok", "bytes_downloaded", "bytes_written"):
             setattr(self, name, sum(getattr(p, name) for p in parts))
         self.by_status = sum((p.by_status for p in parts), Counter())
         self.by_reason = sum((p.by_reason for p in parts), Counter())

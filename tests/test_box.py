@@ -182,7 +182,7 @@ def test_three_engines_one_metrics_endpoint_every_row_once(farm: Farm, tmp_path:
             return None
 
         flat = wait_for(merged, 60, "the box's /metrics to show 3 engines")
-        # Each engine plans its own 2 tars; the box's endpoint adds them up to the whole shard.
+        # The engines take tars from one queue as they go; the box's endpoint says the whole shard's plan.
         assert flat["fetcher_shard_rows_planned"] == 120
         err = finish(proc, 120)
     assert proc.returncode == 0, err
@@ -234,6 +234,22 @@ def test_an_engine_killed_midway_exits_75_and_a_rerun_finishes(farm: Farm, tmp_p
     assert "died" in err and "rerun the same command" in err, err
     run_fetcher("--input", str(inp), "--output", str(out), "--allow-private-networks", *flags)
     _check_exactly_once(out, urls, 20)
+
+
+def test_a_resumed_shard_keeps_every_engine_busy(farm: Farm, tmp_path: Path) -> None:
+    # The even tars are done already: a fixed split by tar index would hand every tar left to one engine.
+    urls = _slow_urls(farm, 80, 800, "boxresume")
+    inp = write_urls(tmp_path / "in.parquet", urls)
+    out = tmp_path / "out"
+    flags = ("--samples-per-tar", "10", "--per-host-concurrency", "10", "--metrics-address", "")
+    run_fetcher("--input", str(inp), "--output", str(out), "--allow-private-networks", "--shard", "0/2", *flags)
+    assert sorted(int(p.name[:5]) for p in out.glob("*_stats.json")) == [0, 2, 4, 6]
+    done = run_fetcher("--input", str(inp), "--output", str(out), "--allow-private-networks", "--processes", "2",
+                       *flags)  # fmt: skip
+    line = next(ln for ln in done.stderr.splitlines() if "box: 2 engine processes" in ln)
+    written = [int(n) for n in line.split("tars written: ")[1].split(")")[0].split("/")]
+    assert sum(written) == 4 and min(written) >= 1, line
+    _check_exactly_once(out, urls, 10)
 
 
 def test_imaging_in_engine_threads_gives_the_same_tars(farm: Farm, tmp_path: Path) -> None:

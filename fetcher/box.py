@@ -228,7 +228,7 @@ def engine_main(
     pipeline: Pipeline | None = None
     try:
         # The parent claimed the output already.
-        pipeline = Pipeline(prepare(cfg, claim=False), box=table, feed=SharedFeed(order, cursor))
+        pipeline = Pipeline(replace(prepare(cfg, claim=False), feed=SharedFeed(order, cursor)), box=table)
         pipeline.monitor.public = False
         uvloop.run(_run_reporting(pipeline, conn))
     except (RunAborted, ConfigError) as exc:

@@ -16,6 +16,7 @@ import tarfile
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -47,6 +48,9 @@ class Fetch(Protocol):
     def prefetch(self, url: str) -> None:
         """A hint that ``url`` will be fetched soon (HTTP: resolve its host while it waits for a permit)."""
         ...
+
+
+FetchFor = Callable[[ByteBudget], Fetch]  # makes a run's Fetch; it reserves each body's bytes in that budget
 
 
 class HttpFetch:

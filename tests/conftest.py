@@ -56,9 +56,13 @@ def write_urls(path: Path, urls: Sequence[Any], captions: Sequence[Any] | None =
 def run_fetcher(*args: str, timeout: float = 240, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run ``python -m fetcher`` as a real subprocess."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run(
-        [sys.executable, "-m", "fetcher", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "fetcher", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
+        )
+    except subprocess.TimeoutExpired as exc:  # say what it was doing: its last log lines
+        tail = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+        raise AssertionError(f"fetcher still running after {timeout:g}s; its stderr ended:\n{tail[-3000:]}") from None
     if check and proc.returncode != 0:
         raise AssertionError(f"fetcher exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc

@@ -88,3 +88,24 @@ async def test_full_backlog_holds_the_dispatcher_until_images_come_back() -> Non
         results = await asyncio.gather(*runs)
         await asyncio.wait_for(waiter, 5)
     assert all(r.ok for r in results)
+
+
+def test_cpu_ms_counts_this_images_work_only_while_other_threads_run() -> None:
+    photo = make_image(2400, 1800, "jpeg", seed=5)
+    opts = ImageOptions(image_size=256)
+    alone = min(process_image(photo, opts).cpu_ms for _ in range(3))
+    stop = threading.Event()
+
+    def spin() -> None:  # another thread busy on the other core (as the event loop and workers are)
+        while not stop.is_set():
+            sum(range(10_000))
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    try:
+        busy = min(process_image(photo, opts).cpu_ms for _ in range(3))
+    finally:
+        stop.set()
+        spinner.join()
+    # The process's clock would add the spinner's CPU (about as much again); the thread's clock does not.
+    assert busy < 1.5 * alone, (busy, alone)

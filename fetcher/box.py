@@ -31,6 +31,7 @@ from fetcher.lifecycle import RunAborted, exit_code_for
 from fetcher.logs import setup_logging
 from fetcher.options import ConfigError
 from fetcher.pipeline import Pipeline, RunPlan, StopCounts, prepare, run, stop_line
+from fetcher.reader import InputFile
 from fetcher.summary import RunStats
 from fetcher.tarfeed import SharedFeed
 
@@ -102,7 +103,7 @@ class Box:
         with BoxSlots.create(self.count, ctx.Lock()) as table:
             for j in range(self.count):
                 reader, writer = ctx.Pipe(duplex=False)
-                args = (engine_config(self.cfg), j, table.handle, writer, order, cursor)
+                args = (engine_config(self.cfg), j, table.handle, writer, Shared(order, cursor, self.plan.files))
                 proc = ctx.Process(target=engine_main, args=args, name=f"fetcher-engine-{j}")
                 proc.start()
                 writer.close()
@@ -213,11 +214,19 @@ def _die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def engine_main(
-    cfg: Config, index: int, handle: BoxHandle, conn: Connection, order: tuple[int, ...], cursor: Any
-) -> None:
-    """One engine process: the whole pipeline on the tars it takes from the box's queue (``order`` and
-    the shared ``cursor``), reporting to the box as it goes."""
+@dataclass(frozen=True)
+class Shared:
+    """What the parent hands every engine: its plan's tar order and the queue's shared cursor, and the
+    input files it opened (engines neither re-list nor re-read footers, and all plan the same rows)."""
+
+    order: tuple[int, ...]
+    cursor: Any  # multiprocessing.Value
+    files: list[InputFile]
+
+
+def engine_main(cfg: Config, index: int, handle: BoxHandle, conn: Connection, shared: Shared) -> None:
+    """One engine process: the whole pipeline on the tars it takes from the box's queue, reporting to the
+    box as it goes."""
     import uvloop
 
     _die_with_parent()
@@ -228,7 +237,8 @@ def engine_main(
     pipeline: Pipeline | None = None
     try:
         # The parent claimed the output already.
-        pipeline = Pipeline(replace(prepare(cfg, claim=False), feed=SharedFeed(order, cursor)), box=table)
+        plan = prepare(cfg, claim=False, files=shared.files)
+        pipeline = Pipeline(replace(plan, feed=SharedFeed(shared.order, shared.cursor)), box=table)
         pipeline.monitor.public = False
         uvloop.run(_run_reporting(pipeline, conn))
     except (RunAborted, ConfigError) as exc:

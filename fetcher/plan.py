@@ -54,10 +54,11 @@ class RunPlan:
                 yield row
 
 
-def prepare(cfg: Config, claim: bool = True) -> RunPlan:
-    """Open inputs, plan this shard's tars and find those already complete; ``claim``: check (or write)
-    the output's run record too. Raises ConfigError."""
-    files = open_inputs(cfg.run.input, cfg.input, cfg.imaging.verify_hash)
+def prepare(cfg: Config, claim: bool = True, files: list[InputFile] | None = None) -> RunPlan:
+    """Open inputs (unless given the ``files`` a box parent opened), plan this shard's tars and find those
+    already complete; ``claim``: check (or write) the output's run record too. Raises ConfigError."""
+    if files is None:
+        files = open_inputs(cfg.run.input, cfg.input, cfg.imaging.verify_hash)
     roots = local_roots([(f.path, reader(f.source.fmt)) for f in files], cfg.input.images_from)
     total = sum(f.num_rows for f in files)
     tars = plan_tars(total, cfg.run.samples_per_tar, cfg.run.shard_pair)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import multiprocessing
 from multiprocessing.queues import Queue
+from pathlib import Path
 from typing import Any
 
+from fetcher.config import load_config
+from fetcher.plan import prepare
 from fetcher.tarfeed import ListFeed, SharedFeed
+from tests.conftest import write_urls
 
 CTX = multiprocessing.get_context("spawn")
 
@@ -39,3 +43,18 @@ def test_shared_feed_gives_each_tar_to_exactly_one_process_in_order() -> None:
 def test_list_feed_is_the_plan_in_order_then_none() -> None:
     feed = ListFeed([4, 9, 2])
     assert [feed.take(), feed.take(), feed.take(), feed.take()] == [4, 9, 2, None]
+
+
+def test_engines_plan_from_the_parents_input_files_not_a_new_listing(tmp_path: Path) -> None:
+    # A box's engines take the files the parent opened: a glob that matches more files by the time an
+    # engine starts (a dataset still being written) cannot shift which rows make tar k.
+    for name in ("a", "b"):
+        write_urls(tmp_path / "in" / f"{name}.parquet", [f"http://127.0.0.1:9/{name}/{i}" for i in range(30)])
+    cfg = load_config(["--input", str(tmp_path / "in" / "*.parquet"), "--output", str(tmp_path / "out"),
+                       "--samples-per-tar", "20"])  # fmt: skip
+    parent = prepare(cfg)
+    write_urls(tmp_path / "in" / "0-new.parquet", [f"http://127.0.0.1:9/new/{i}" for i in range(30)])
+    assert len(prepare(cfg, claim=False).files) == 3  # a fresh listing sees the new file first
+    engine = prepare(cfg, claim=False, files=parent.files)
+    assert [f.path for f in engine.files] == [f.path for f in parent.files]
+    assert engine.tars == parent.tars and engine.todo == parent.todo

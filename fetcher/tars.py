@@ -55,7 +55,7 @@ class OpenTars:
         """The rows this run does, tar by tar (the plan's, or those taken from a box's queue): each tar is
         opened (once the disk has room) before its first row is read, and published once its last one is
         final. Raises RunAborted."""
-        todo = {t.index: t for t in plan.todo}
+        todo, every = {t.index: t for t in plan.todo}, {t.index: t for t in plan.tars}
         feed = plan.feed
         order = feed or ListFeed(list(todo))
         while True:
@@ -66,10 +66,11 @@ class OpenTars:
                 await self._closed.wait()
             if (index := order.take()) is None:
                 return
-            if (tar := todo.get(index)) is None:
-                continue  # complete by the time this engine planned (a duplicate pod finished it)
             if feed is not None:  # a box engine plans the rows of the tars it takes
-                self._plan_fewer(-plan.rows_of(tar))
+                self._plan_fewer(-plan.rows_of(every[index]))
+            if (tar := todo.get(index)) is None:  # complete by the time this engine planned (another pod's)
+                self._plan_fewer(plan.rows_of(every[index]))
+                continue
             await disk.ensure()
             writer = self.open(tar, plan.retries.get(tar.index))
             if writer is None:  # a duplicate process holds or finished it

@@ -297,4 +297,9 @@ def load_config(argv: list[str] | None = None) -> Config:
             cfg.run.processes,
             cpus,
         )
+    if cfg.run.imaging_pool == "threads" and cfg.durability.worker_max_memory != DurabilityOptions().worker_max_memory:
+        log.warning(
+            "--worker-max-memory caps imaging worker processes: with --imaging-pool threads (the default) it"
+            " has no effect; add --imaging-pool processes for the cap (--max-image-pixels bounds every image)"
+        )
     return cfg

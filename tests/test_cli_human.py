@@ -358,3 +358,15 @@ def test_finished_shard_waits_for_a_last_scrape_that_says_done(farm: Farm, tmp_p
     assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
     assert total(last, "fetcher_shard_rows_planned") == rows
     assert total(last, "fetcher_shard_rows_done") == rows  # what FetcherInstanceDown reads after the exit
+
+
+def test_worker_memory_cap_without_worker_processes_is_called_out(caplog: pytest.LogCaptureFixture) -> None:
+    base = ["--input", "in.parquet", "--output", "out"]
+    with caplog.at_level(logging.WARNING):
+        load_config([*base, "--worker-max-memory", "4G"])
+    assert "--worker-max-memory caps imaging worker processes" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        load_config([*base, "--worker-max-memory", "4G", "--imaging-pool", "processes"])
+        load_config(base)
+    assert "--worker-max-memory" not in caplog.text

@@ -316,7 +316,11 @@ class _Budget:
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self.deadline = time.thread_time() + seconds if seconds > 0 else math.inf
+        self.restart()
+
+    def restart(self) -> None:
+        """Count from now, on the calling thread's clock (also when the image moves to another thread)."""
+        self.deadline = time.thread_time() + self.seconds if self.seconds > 0 else math.inf
 
     def check(self, stage: str) -> None:
         if time.thread_time() > self.deadline:
@@ -352,31 +356,46 @@ def process_image(data: bytes, opts: ImageOptions, expected_hash: str | None = N
 
     ``expected_hash`` (from ``--verify-hash``) is compared with the ``--hash`` of ``data`` first.
     """
-    out = _timed(data, opts, expected_hash, 0)
-    assert out is not None  # no pixel limit: every image is done here
+    out = _timed(lambda: _process(data, opts, expected_hash, 0))
+    assert isinstance(out, ImageOutcome)  # no pixel limit: every image is done here
     return out
+
+
+@dataclass
+class Pending:
+    """An image that :func:`process_small_image` checked, hashed and opened (header only), but found too
+    large to decode where it runs: :func:`finish_image` does the rest, on another thread."""
+
+    opened: _Opened
+    digest: str | None
+    cpu_ms: float = 0.0
 
 
 def process_small_image(
     data: bytes, opts: ImageOptions, expected_hash: str | None, max_pixels: int
-) -> ImageOutcome | None:
-    """:func:`process_image` for an image of at most ``max_pixels`` (by its header); None for a larger
-    one, left for a worker (cheap enough for the event loop, whatever its bytes claim)."""
-    return _timed(data, opts, expected_hash, max_pixels)
+) -> ImageOutcome | Pending:
+    """:func:`process_image` for an image of at most ``max_pixels`` (by its header), cheap enough for the
+    event loop whatever its bytes claim; a larger one comes back Pending, its header work kept."""
+    return _timed(lambda: _process(data, opts, expected_hash, max_pixels))
 
 
-class _Elsewhere(Exception):
-    """The image is over the caller's pixel limit: nothing done, the caller sends it to a worker."""
+def finish_image(data: bytes, opts: ImageOptions, pending: Pending) -> ImageOutcome:
+    """The decode, resize and encode :func:`process_small_image` left ``pending`` (on a worker thread)."""
+    if pending.opened.budget is not None:
+        pending.opened.budget.restart()  # its CPU clock is this thread's now
+    out = _timed(lambda: _finish(data, pending.opened, pending.digest, opts))
+    assert isinstance(out, ImageOutcome)
+    out.cpu_ms += pending.cpu_ms
+    return out
 
 
-def _timed(data: bytes, opts: ImageOptions, expected_hash: str | None, max_pixels: int) -> ImageOutcome | None:
+def _timed(work: Callable[[], ImageOutcome | Pending]) -> ImageOutcome | Pending:
     # This thread's CPU: with imaging threads (and on the event loop) the process's clock would count
     # the other threads' work too.
     start = time.thread_time()
+    out: ImageOutcome | Pending
     try:
-        out = _process(data, opts, expected_hash, max_pixels)
-    except _Elsewhere:
-        return None
+        out = work()
     except MemoryError:
         raise  # the worker pool names it (--worker-max-memory); the worker itself is fine
     except ImageTooComplex as exc:
@@ -426,7 +445,7 @@ def _not_allowed(data: bytes, detail: str) -> ImageOutcome:
     return ImageOutcome(reason=Reason.UNSUPPORTED_FORMAT, detail=f"format {fmt} not in --allowed-formats")
 
 
-def _process(data: bytes, opts: ImageOptions, expected_hash: str | None, max_pixels: int = 0) -> ImageOutcome:
+def _process(data: bytes, opts: ImageOptions, expected_hash: str | None, max_pixels: int) -> ImageOutcome | Pending:
     digest = hash_bytes(data, opts.hash)
     if expected_hash is not None and digest is not None and expected_hash.strip().lower() != digest:
         detail = f"{opts.hash} {digest} != {expected_hash}"[:200]
@@ -435,11 +454,17 @@ def _process(data: bytes, opts: ImageOptions, expected_hash: str | None, max_pix
         # Truncated/odd files warn through PIL; they are judged by whether they decode.
         warnings.simplefilter("ignore")
         opened = _open(data, opts)
-        if isinstance(opened, ImageOutcome):
-            opened.hash = digest
-            return opened
-        if max_pixels and opened.width * opened.height > max_pixels:
-            raise _Elsewhere
+    if isinstance(opened, ImageOutcome):
+        opened.hash = digest
+        return opened
+    if max_pixels and opened.width * opened.height > max_pixels:
+        return Pending(opened, digest)
+    return _finish(data, opened, digest, opts)
+
+
+def _finish(data: bytes, opened: _Opened, digest: str | None, opts: ImageOptions) -> ImageOutcome:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         out = _render_outcome(data, opened, opts)
     out.hash = digest
     return out

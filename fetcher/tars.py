@@ -67,7 +67,7 @@ class OpenTars:
             if (index := order.take()) is None:
                 return
             if feed is not None:  # a box engine plans the rows of the tars it takes
-                self._plan_fewer(-plan.rows_of(every[index]))
+                self._plan_more(plan.rows_of(every[index]))
             if (tar := todo.get(index)) is None:  # complete by the time this engine planned (another pod's)
                 self._plan_fewer(plan.rows_of(every[index]))
                 continue
@@ -99,13 +99,14 @@ class OpenTars:
             writer.add_existing(kept.result, kept.members)
         return writer
 
+    def _plan_more(self, rows: int) -> None:
+        """A box engine took a tar: its ``rows`` are this engine's to do."""
+        self.monitor.stats.total_rows += rows
+        self.monitor.metrics.planned_rows = self.monitor.stats.total_rows
+
     def _plan_fewer(self, rows: int) -> None:
-        """``rows`` of the plan need no work from this run (kept by a checkpoint, or another's tar); a
-        negative count: rows of a tar a box engine took."""
-        if rows < 0:
-            self.monitor.stats.total_rows -= rows
-        else:
-            self.monitor.stats.skip_rows(rows)
+        """``rows`` of the plan need no work from this run (kept by a checkpoint, or another's tar)."""
+        self.monitor.stats.skip_rows(rows)
         self.monitor.metrics.planned_rows = self.monitor.stats.total_rows
 
     def add(self, res: SampleResult) -> None:

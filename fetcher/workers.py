@@ -11,7 +11,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from fetcher.deathsig import die_with_parent, mark_owner
-from fetcher.imaging import ImageOptions, process_image, process_small_image
+from fetcher.imaging import ImageOptions, finish_image, process_image, process_small_image
 from fetcher.records import ImageOutcome, Reason
 
 # Images this small (bytes and header pixels) are imaged on the event loop itself (threads pool): a
@@ -38,6 +38,7 @@ class ImagingPool:
         self.max_memory = max_memory
         self.threads = threads
         self.busy = 0
+        self._backlog = workers * BACKLOG_PER_WORKER
         self._room = asyncio.Event()
         self._room.set()
         self._ctx = multiprocessing.get_context("forkserver")
@@ -66,13 +67,15 @@ class ImagingPool:
     async def run(self, data: bytes, expected_hash: str | None = None) -> ImageOutcome:
         """Process one image in a worker; a crashed worker becomes a named failure, not a crash."""
         self.busy += 1
-        if self.busy >= self.workers * BACKLOG_PER_WORKER:
+        if self.busy >= self._backlog:
             self._room.clear()
         try:
             if self.threads and len(data) <= INLINE_MAX_BYTES:
                 here = process_small_image(data, self.opts, expected_hash, INLINE_MAX_PIXELS)
-                if here is not None:
+                if isinstance(here, ImageOutcome):
                     return here
+                # Too many pixels for the loop: a thread finishes it from the header and hash read here.
+                return await asyncio.get_running_loop().run_in_executor(self._pool, finish_image, data, self.opts, here)
             return await self._run(data, expected_hash)
         except MemoryError:
             return ImageOutcome(reason=Reason.DECOMPRESSION_BOMB, detail="image needs more than --worker-max-memory")
@@ -80,7 +83,7 @@ class ImagingPool:
             return ImageOutcome(reason=Reason.INTERNAL_ERROR, detail=f"{type(exc).__name__}: {exc}"[:200])
         finally:
             self.busy -= 1
-            if self.busy < self.workers * BACKLOG_PER_WORKER:
+            if self.busy < self._backlog:
                 self._room.set()
 
     async def _run(self, data: bytes, expected_hash: str | None) -> ImageOutcome:

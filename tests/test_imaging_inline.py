@@ -12,7 +12,8 @@ import time
 from PIL import Image
 
 from fetcher.farm.images import make_image
-from fetcher.imaging import ImageOptions, process_image, process_small_image
+from fetcher.imaging import ImageOptions, Pending, finish_image, process_image, process_small_image
+from fetcher.records import ImageOutcome
 from fetcher.workers import BACKLOG_PER_WORKER, INLINE_MAX_BYTES, INLINE_MAX_PIXELS, ImagingPool
 
 OPTS = ImageOptions(image_size=64, max_image_pixels=100_000_000)
@@ -27,7 +28,7 @@ def _flat_png(side: int) -> bytes:
 def test_small_image_is_done_here_and_matches_the_worker_result() -> None:
     thumb = make_image(160, 120, "jpeg")
     here = process_small_image(thumb, OPTS, None, INLINE_MAX_PIXELS)
-    assert here is not None and here.ok
+    assert isinstance(here, ImageOutcome) and here.ok
     worker = process_image(thumb, OPTS)
     assert (here.data, here.width, here.height, here.hash) == (worker.data, worker.width, worker.height, worker.hash)
 
@@ -35,9 +36,9 @@ def test_small_image_is_done_here_and_matches_the_worker_result() -> None:
 def test_few_bytes_of_many_pixels_are_left_to_a_worker() -> None:
     bomb = _flat_png(6000)  # 36 MP in a file small enough for the inline path
     assert len(bomb) <= INLINE_MAX_BYTES
-    assert process_small_image(bomb, OPTS, None, INLINE_MAX_PIXELS) is None
+    assert isinstance(process_small_image(bomb, OPTS, None, INLINE_MAX_PIXELS), Pending)
     bad = process_small_image(b"not an image at all", OPTS, None, INLINE_MAX_PIXELS)
-    assert bad is not None and not bad.ok  # failures found from the header are final here too
+    assert isinstance(bad, ImageOutcome) and not bad.ok  # failures found from the header are final here too
 
 
 async def test_threads_pool_keeps_the_loop_free_for_a_small_file_of_many_pixels() -> None:
@@ -109,3 +110,11 @@ def test_cpu_ms_counts_this_images_work_only_while_other_threads_run() -> None:
         spinner.join()
     # The process's clock would add the spinner's CPU (about as much again); the thread's clock does not.
     assert busy < 1.5 * alone, (busy, alone)
+
+
+def test_a_pending_image_finishes_as_the_whole_job_would() -> None:
+    photo = make_image(640, 480, "jpeg", seed=9)  # few bytes, over the inline pixel bound
+    pending = process_small_image(photo, OPTS, None, INLINE_MAX_PIXELS)
+    assert isinstance(pending, Pending)
+    done, whole = finish_image(photo, OPTS, pending), process_image(photo, OPTS)
+    assert (done.data, done.width, done.height, done.hash) == (whole.data, whole.width, whole.height, whole.hash)
